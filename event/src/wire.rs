@@ -1,0 +1,220 @@
+//! The batch format between collector and indexer: newline-delimited JSON
+//! records (see [`crate::record`]) compressed with zstd, sent as
+//! `Content-Type: application/x-ndjson`, `Content-Encoding: zstd`.
+//!
+//! Decompression is bounded ([`decompress`]): a batch that inflates past the
+//! limit is refused, not buffered, and the zstd window is capped so that a
+//! crafted frame cannot make the decoder allocate without bound.
+
+use std::io::Read;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::{Error, Record};
+
+pub const CONTENT_TYPE: &str = "application/x-ndjson";
+pub const CONTENT_ENCODING: &str = "zstd";
+
+/// The largest zstd window a batch may use (2^27 = 128 MiB is zstd's own
+/// default cap for decoders; Ward's encoders use far less).
+const MAX_WINDOW_LOG: u32 = 27;
+
+/// A record whose event body is spliced in as raw JSON text.
+pub type RawRecord = Record<()>;
+
+/// Builds one batch of NDJSON records.
+#[derive(Debug, Default)]
+pub struct BatchWriter {
+    buf: Vec<u8>,
+    records: usize,
+}
+
+impl BatchWriter {
+    pub fn new() -> BatchWriter {
+        BatchWriter::default()
+    }
+
+    /// Appends a record whose event is a serializable value.
+    pub fn push<E: Serialize>(&mut self, record: &Record<E>) -> Result<(), serde_json::Error> {
+        let start = self.buf.len();
+        if let Err(e) = serde_json::to_writer(&mut self.buf, record) {
+            self.buf.truncate(start);
+            return Err(e);
+        }
+        self.buf.push(b'\n');
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Appends a record whose event is `raw_event`, JSON text that the
+    /// caller has already validated (the audit parser does). The text is
+    /// copied as is, so every field and number keeps its original spelling.
+    pub fn push_raw(
+        &mut self,
+        record: &RawRecord,
+        raw_event: &str,
+    ) -> Result<(), serde_json::Error> {
+        // Pretty-printed JSON (webhook bodies) would break the line framing.
+        if raw_event.bytes().any(|b| b == b'\n' || b == b'\r') {
+            let value: Value = serde_json::from_str(raw_event)?;
+            return self.push(&record.clone().with_event(value));
+        }
+        let start = self.buf.len();
+        serde_json::to_writer(&mut self.buf, record)?;
+        // `event` is the struct's last field, so the encoding ends in `null}`.
+        const TAIL: &[u8] = b"null}";
+        debug_assert!(self.buf.ends_with(TAIL));
+        if !self.buf.ends_with(TAIL) {
+            self.buf.truncate(start);
+            return Err(serde::ser::Error::custom(
+                "record encoding does not end with its event",
+            ));
+        }
+        self.buf.truncate(self.buf.len() - TAIL.len());
+        self.buf.extend_from_slice(raw_event.trim().as_bytes());
+        self.buf.extend_from_slice(b"}\n");
+        self.records += 1;
+        Ok(())
+    }
+
+    pub fn records(&self) -> usize {
+        self.records
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// The NDJSON text, leaving the writer empty for the next batch.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.records = 0;
+        std::mem::take(&mut self.buf)
+    }
+}
+
+/// Compresses a batch with zstd at `level`.
+pub fn compress(ndjson: &[u8], level: i32) -> Vec<u8> {
+    // Writing into a Vec cannot fail; the only error is an invalid level,
+    // which zstd clamps rather than rejects.
+    zstd::bulk::compress(ndjson, level).unwrap_or_else(|_| {
+        zstd::bulk::compress(ndjson, zstd::DEFAULT_COMPRESSION_LEVEL).unwrap_or_default()
+    })
+}
+
+/// Decompresses a batch, refusing to produce more than `limit` bytes.
+pub fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
+    let mut decoder =
+        zstd::stream::read::Decoder::new(body).map_err(|e| Error::Compression(e.to_string()))?;
+    decoder
+        .window_log_max(MAX_WINDOW_LOG)
+        .map_err(|e| Error::Compression(e.to_string()))?;
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    // Read one byte past the limit to tell "exactly at" from "over".
+    let read = decoder
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::Compression(e.to_string()))?;
+    if read > limit {
+        return Err(Error::TooLarge { limit });
+    }
+    Ok(out)
+}
+
+/// A decoded record: the event is a parsed JSON object.
+pub type DecodedRecord = Record<Map<String, Value>>;
+
+/// Decodes every line of a batch. Blank lines are skipped; any other line
+/// that is not a record fails the batch with its line number, since the
+/// sender produced it and must know.
+pub fn decode(ndjson: &[u8]) -> Result<Vec<DecodedRecord>, Error> {
+    let mut records = Vec::new();
+    for (i, line) in ndjson.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let record = serde_json::from_slice(line).map_err(|e| Error::Record {
+            line: i + 1,
+            reason: e.to_string(),
+        })?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{Flag, SourceKind};
+
+    fn envelope() -> RawRecord {
+        Record {
+            id: "n1/abc/0".into(),
+            source: SourceKind::Audit,
+            timestamp: DateTime::from_timestamp(1_700_000_000, 5).unwrap(),
+            cluster: Some("prod".into()),
+            node: Some("n1".into()),
+            flags: vec![Flag::TimeInferred],
+            parse_error: None,
+            file: Some("/var/log/audit.log".into()),
+            offset: Some(0),
+            event: (),
+        }
+    }
+
+    #[test]
+    fn raw_events_are_spliced_verbatim_and_round_trip() {
+        let mut w = BatchWriter::new();
+        let raw = r#"{"kind":"Event","verb":"get","n":1.50}"#;
+        w.push_raw(&envelope(), raw).unwrap();
+        w.push_raw(&envelope(), "{\n  \"kind\": \"Event\"\n}")
+            .unwrap();
+        w.push(&envelope().with_event(json!({"message": "hi"})))
+            .unwrap();
+        assert_eq!(w.records(), 3);
+        let text = w.take();
+        assert!(String::from_utf8_lossy(&text).contains(raw), "verbatim");
+        let decoded = decode(&decompress(&compress(&text, 3), 1 << 20).unwrap()).unwrap();
+        assert_eq!(decoded.len(), 3);
+        assert_eq!(decoded[0].event["verb"], "get");
+        assert_eq!(decoded[1].event["kind"], "Event");
+        assert_eq!(decoded[2].event["message"], "hi");
+        assert_eq!(decoded[0].flags, vec![Flag::TimeInferred]);
+        assert_eq!(decoded[0].timestamp.timestamp_subsec_nanos(), 5);
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        let big = vec![b'a'; 1 << 20];
+        let z = compress(&big, 3);
+        assert!(z.len() < 1024, "a bomb: small on the wire");
+        assert_eq!(decompress(&z, 1 << 20).unwrap().len(), 1 << 20);
+        assert_eq!(
+            decompress(&z, (1 << 20) - 1),
+            Err(Error::TooLarge {
+                limit: (1 << 20) - 1
+            })
+        );
+        assert!(matches!(
+            decompress(b"not zstd", 100),
+            Err(Error::Compression(_))
+        ));
+        assert!(matches!(
+            decompress(&z[..z.len() / 2], 1 << 20),
+            Err(Error::Compression(_))
+        ));
+    }
+
+    #[test]
+    fn a_bad_line_names_its_number() {
+        let err = decode(b"\n{\"id\":1}\n").unwrap_err();
+        assert!(matches!(err, Error::Record { line: 2, .. }), "{err:?}");
+    }
+}

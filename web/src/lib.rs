@@ -1,0 +1,1 @@
+//! Ward web dashboard assets.
