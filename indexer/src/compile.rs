@@ -1,0 +1,273 @@
+//! Query AST → tantivy query, against [`WardSchema`].
+//!
+//! Field-less terms search the text of container lines (`message`) and the
+//! short values of audit events (`_all`). `message` is full text; every
+//! other field is a keyword in `_flat`, matched whole and case-insensitively,
+//! with wildcards and regexes compiled to automata over that field's slice
+//! of the term dictionary.
+
+use std::ops::Bound;
+
+use tantivy::query::{
+    AllQuery, BooleanQuery, EmptyQuery, Occur, PhraseQuery, Query as TantivyQuery, RangeQuery,
+    RegexQuery, TermQuery,
+};
+use tantivy::schema::{Field, IndexRecordOption};
+use tantivy::{DateTime, Term};
+
+use crate::Error;
+use crate::query::{Pattern, Piece, Query};
+use crate::schema::{
+    MESSAGE, PATH_SEPARATOR, STATUS_CODE, TIMESTAMP, WardSchema, flat_term_text, text_analyzer,
+};
+
+type Boxed = Box<dyn TantivyQuery>;
+
+/// Compiles a parsed query.
+pub fn compile(schema: &WardSchema, query: &Query) -> Result<Boxed, Error> {
+    Ok(match query {
+        Query::All => Box::new(AllQuery),
+        Query::And(items) => {
+            let mut clauses = Vec::with_capacity(items.len() + 1);
+            for item in items {
+                match item {
+                    Query::Not(inner) => clauses.push((Occur::MustNot, compile(schema, inner)?)),
+                    _ => clauses.push((Occur::Must, compile(schema, item)?)),
+                }
+            }
+            if clauses.iter().all(|(o, _)| *o == Occur::MustNot) {
+                clauses.push((Occur::Must, Box::new(AllQuery)));
+            }
+            Box::new(BooleanQuery::new(clauses))
+        }
+        Query::Or(items) => Box::new(BooleanQuery::new(
+            items
+                .iter()
+                .map(|i| Ok((Occur::Should, compile(schema, i)?)))
+                .collect::<Result<Vec<_>, Error>>()?,
+        )),
+        Query::Not(inner) => Box::new(BooleanQuery::new(vec![
+            (Occur::Must, Box::new(AllQuery) as Boxed),
+            (Occur::MustNot, compile(schema, inner)?),
+        ])),
+        Query::Exists { field } => term_query(schema.exists, field),
+        Query::Term { field, value } => match field.as_deref() {
+            None => either(
+                text_pattern(schema.message, value)?,
+                text_pattern(schema.all, value)?,
+            ),
+            Some(MESSAGE) => text_pattern(schema.message, value)?,
+            Some(TIMESTAMP) => {
+                let literal = value.as_literal().ok_or_else(|| {
+                    Error::InvalidRequest(
+                        "timestamp takes a time or a range, not a wildcard".into(),
+                    )
+                })?;
+                let t = parse_time(&literal)?;
+                Box::new(RangeQuery::new(
+                    Bound::Included(Term::from_field_date(schema.timestamp, t)),
+                    Bound::Included(Term::from_field_date(schema.timestamp, t)),
+                ))
+            }
+            Some(f) => flat_pattern(schema, f, value)?,
+        },
+        Query::Phrase { field, text } => match field.as_deref() {
+            None => either(
+                text_phrase(schema.message, text),
+                text_phrase(schema.all, text),
+            ),
+            Some(MESSAGE) => text_phrase(schema.message, text),
+            Some(f) => flat_pattern(schema, f, &Pattern::literal(text))?,
+        },
+        Query::Regex { field, pattern } => match field.as_deref() {
+            None => either(
+                text_regex(schema.message, pattern)?,
+                text_regex(schema.all, pattern)?,
+            ),
+            Some(MESSAGE) => text_regex(schema.message, pattern)?,
+            Some(f) => regex_query(
+                schema.flat,
+                &format!("{}(?i:{pattern})", path_prefix_regex(f)),
+            )?,
+        },
+        Query::Range {
+            field,
+            lower,
+            upper,
+        } => range(schema, field, lower, upper)?,
+    })
+}
+
+fn either(a: Boxed, b: Boxed) -> Boxed {
+    Box::new(BooleanQuery::new(vec![
+        (Occur::Should, a),
+        (Occur::Should, b),
+    ]))
+}
+
+fn term_query(field: Field, text: &str) -> Boxed {
+    Box::new(TermQuery::new(
+        Term::from_field_text(field, text),
+        IndexRecordOption::Basic,
+    ))
+}
+
+fn regex_query(field: Field, pattern: &str) -> Result<Boxed, Error> {
+    RegexQuery::from_pattern(pattern, field)
+        .map(|q| Box::new(q) as Boxed)
+        .map_err(|e| Error::InvalidRequest(format!("invalid regular expression: {e}")))
+}
+
+fn flat_pattern(schema: &WardSchema, field: &str, value: &Pattern) -> Result<Boxed, Error> {
+    if let Some(literal) = value.as_literal() {
+        let mut term = String::new();
+        flat_term_text(field, &literal, &mut term);
+        return Ok(term_query(schema.flat, &term));
+    }
+    let mut regex = path_prefix_regex(field);
+    push_wildcards(&mut regex, value);
+    regex_query(schema.flat, &regex)
+}
+
+/// Regex matching the `_flat` terms of one path: the path, then the separator.
+fn path_prefix_regex(field: &str) -> String {
+    let mut regex = String::with_capacity(field.len() + 8);
+    escape_into(&mut regex, field);
+    regex.push_str(&format!("\\x{:02x}", PATH_SEPARATOR as u32));
+    regex
+}
+
+fn push_wildcards(regex: &mut String, value: &Pattern) {
+    for piece in &value.0 {
+        match piece {
+            Piece::Text(t) => escape_into(regex, &t.to_lowercase()),
+            // Any character, the separator and newlines included.
+            Piece::AnyString => regex.push_str("(?s:.*)"),
+            Piece::AnyChar => regex.push_str("(?s:.)"),
+        }
+    }
+}
+
+fn escape_into(out: &mut String, text: &str) {
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        if c.is_control() {
+            out.push_str(&format!("\\x{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+fn tokens(text: &str) -> Vec<String> {
+    let mut analyzer = text_analyzer();
+    let mut stream = analyzer.token_stream(text);
+    let mut out = Vec::new();
+    while stream.advance() {
+        out.push(stream.token().text.clone());
+    }
+    out
+}
+
+fn text_phrase(field: Field, text: &str) -> Boxed {
+    let terms: Vec<Term> = tokens(text)
+        .iter()
+        .map(|t| Term::from_field_text(field, t))
+        .collect();
+    match terms.len() {
+        0 => Box::new(EmptyQuery),
+        1 => Box::new(TermQuery::new(terms[0].clone(), IndexRecordOption::Basic)),
+        _ => Box::new(PhraseQuery::new(terms)),
+    }
+}
+
+fn text_pattern(field: Field, value: &Pattern) -> Result<Boxed, Error> {
+    if let Some(literal) = value.as_literal() {
+        return Ok(text_phrase(field, &literal));
+    }
+    // A wildcard term matches single words of the text.
+    let mut regex = String::new();
+    push_wildcards(&mut regex, value);
+    regex_query(field, &regex)
+}
+
+fn text_regex(field: Field, pattern: &str) -> Result<Boxed, Error> {
+    regex_query(field, &format!("(?i:{pattern})"))
+}
+
+fn parse_time(value: &str) -> Result<DateTime, Error> {
+    let t = chrono::DateTime::parse_from_rfc3339(value)
+        .map_err(|_| Error::InvalidRequest(format!("{value:?} is not an RFC 3339 time")))?;
+    Ok(DateTime::from_timestamp_nanos(
+        t.timestamp_nanos_opt().unwrap_or(i64::MAX),
+    ))
+}
+
+fn range(
+    schema: &WardSchema,
+    field: &str,
+    lower: &Bound<String>,
+    upper: &Bound<String>,
+) -> Result<Boxed, Error> {
+    fn map<T>(b: &Bound<String>, f: impl Fn(&str) -> Result<T, Error>) -> Result<Bound<T>, Error> {
+        Ok(match b {
+            Bound::Included(v) => Bound::Included(f(v)?),
+            Bound::Excluded(v) => Bound::Excluded(f(v)?),
+            Bound::Unbounded => Bound::Unbounded,
+        })
+    }
+    match field {
+        TIMESTAMP => {
+            let to_term = |v: &str| Ok(Term::from_field_date(schema.timestamp, parse_time(v)?));
+            Ok(Box::new(RangeQuery::new(
+                map(lower, to_term)?,
+                map(upper, to_term)?,
+            )))
+        }
+        STATUS_CODE => {
+            let to_term = |v: &str| {
+                v.parse::<u64>()
+                    .map(|n| Term::from_field_u64(schema.status_code, n))
+                    .map_err(|_| {
+                        Error::InvalidRequest(format!(
+                            "{STATUS_CODE} range bound {v:?} is not a number"
+                        ))
+                    })
+            };
+            let (lower, upper) = (map(lower, to_term)?, map(upper, to_term)?);
+            if matches!((&lower, &upper), (Bound::Unbounded, Bound::Unbounded)) {
+                return Ok(term_query(schema.exists, STATUS_CODE));
+            }
+            Ok(Box::new(RangeQuery::new(lower, upper)))
+        }
+        _ => {
+            // Keyword range: lexicographic on the lowercased values of the path.
+            let to_term = |v: &str| {
+                let mut text = String::new();
+                flat_term_text(field, v, &mut text);
+                Ok(Term::from_field_text(schema.flat, &text))
+            };
+            let open_low = || {
+                let mut text = field.to_owned();
+                text.push(PATH_SEPARATOR);
+                Term::from_field_text(schema.flat, &text)
+            };
+            let open_high = || {
+                let mut text = field.to_owned();
+                text.push(char::from_u32(PATH_SEPARATOR as u32 + 1).unwrap_or('\u{1}'));
+                Term::from_field_text(schema.flat, &text)
+            };
+            let lower = match map(lower, to_term)? {
+                Bound::Unbounded => Bound::Included(open_low()),
+                b => b,
+            };
+            let upper = match map(upper, to_term)? {
+                Bound::Unbounded => Bound::Excluded(open_high()),
+                b => b,
+            };
+            Ok(Box::new(RangeQuery::new(lower, upper)))
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! One decoded record → one tantivy document and the hit it is returned as.
+//!
+//! The stored hit is the event's own fields under their original names, next
+//! to what Ward adds: `timestamp`, `source`, `cluster`, `node`, and `ward`
+//! (record id, flags, parse error, file and offset).
+
+use serde_json::{Map, Value};
+use tantivy::TantivyDocument;
+use ward_event::wire::DecodedRecord;
+
+use crate::schema::{MESSAGE, STATUS_CODE, TIMESTAMP, WardSchema, flat_term_text};
+
+/// Top-level objects that hold whole API objects (or Ward's bookkeeping):
+/// indexed by path, but kept out of `_all` so that field-less search stays about
+/// who did what, not about every string inside a pod spec.
+const NOT_IN_ALL: &[&str] = &["requestObject", "responseObject", "ward"];
+
+/// Builds the stored hit from a decoded record. The event's own fields win
+/// over nothing: Ward's fields are added only under names the event does
+/// not use, except `ward`, which is Ward's own namespace.
+pub fn hit(record: DecodedRecord) -> Map<String, Value> {
+    let mut ward = Map::new();
+    ward.insert("id".into(), Value::String(record.id));
+    if !record.flags.is_empty() {
+        ward.insert(
+            "flags".into(),
+            serde_json::to_value(&record.flags).unwrap_or(Value::Null),
+        );
+    }
+    if let Some(e) = record.parse_error {
+        ward.insert("parse_error".into(), Value::String(e));
+    }
+    if let Some(f) = record.file {
+        ward.insert("file".into(), Value::String(f));
+    }
+    if let Some(o) = record.offset {
+        ward.insert("offset".into(), Value::from(o));
+    }
+    let mut hit = record.event;
+    let timestamp = record
+        .timestamp
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    for (key, value) in [
+        (TIMESTAMP, Some(Value::String(timestamp))),
+        ("source", Some(Value::String(record.source.as_str().into()))),
+        ("cluster", record.cluster.map(Value::String)),
+        ("node", record.node.map(Value::String)),
+    ] {
+        if let Some(value) = value {
+            hit.entry(key).or_insert(value);
+        }
+    }
+    hit.insert("ward".into(), Value::Object(ward));
+    hit
+}
+
+/// Builds the tantivy document of a record. Returns the document and the
+/// record's stored size in bytes.
+pub fn build(schema: &WardSchema, record: DecodedRecord) -> TantivyDocument {
+    let id = record.id.clone();
+    let nanos = record.timestamp.timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let hit = hit(record);
+    let mut doc = TantivyDocument::new();
+    doc.add_text(schema.id, &id);
+    doc.add_date(
+        schema.timestamp,
+        tantivy::DateTime::from_timestamp_nanos(nanos),
+    );
+    let is_audit = hit.get("source").and_then(Value::as_str) == Some("audit");
+    let mut indexer = LeafIndexer {
+        schema,
+        doc: &mut doc,
+        path: String::with_capacity(64),
+        term: String::with_capacity(64),
+        to_all: is_audit,
+    };
+    for (key, value) in &hit {
+        match key.as_str() {
+            TIMESTAMP => indexer.doc.add_text(schema.exists, TIMESTAMP),
+            MESSAGE => {
+                indexer.doc.add_text(schema.exists, MESSAGE);
+                if let Some(text) = value.as_str() {
+                    indexer.doc.add_text(schema.message, text);
+                }
+            }
+            _ => {
+                indexer.to_all = is_audit && !NOT_IN_ALL.contains(&key.as_str());
+                indexer.path.clear();
+                indexer.path.push_str(key);
+                indexer.walk(value);
+            }
+        }
+    }
+    if let Some(code) = lookup(&hit, STATUS_CODE).and_then(Value::as_u64) {
+        doc.add_u64(schema.status_code, code);
+    }
+    for (dotted, field) in &schema.columns {
+        match lookup(&hit, dotted) {
+            Some(Value::String(s)) => doc.add_text(*field, s),
+            Some(Value::Array(items)) => {
+                for s in items.iter().filter_map(Value::as_str) {
+                    doc.add_text(*field, s);
+                }
+            }
+            _ => {}
+        }
+    }
+    // Serializing a Map cannot fail: its keys are strings.
+    let stored = serde_json::to_vec(&hit).unwrap_or_default();
+    doc.add_bytes(schema.source_doc, &stored);
+    doc
+}
+
+/// A dotted name resolved the way analysts write it: a key that contains
+/// dots literally (annotation keys) before a nested path.
+pub fn lookup<'a>(object: &'a Map<String, Value>, dotted: &str) -> Option<&'a Value> {
+    if let Some(v) = object.get(dotted) {
+        return Some(v);
+    }
+    let mut rest = dotted;
+    let mut current = object;
+    loop {
+        let (head, tail) = rest.split_once('.')?;
+        let next = current.get(head)?;
+        if let Some(v) = next.as_object().and_then(|o| o.get(tail)) {
+            return Some(v);
+        }
+        current = next.as_object()?;
+        rest = tail;
+    }
+}
+
+struct LeafIndexer<'a> {
+    schema: &'a WardSchema,
+    doc: &'a mut TantivyDocument,
+    path: String,
+    term: String,
+    to_all: bool,
+}
+
+impl LeafIndexer<'_> {
+    fn walk(&mut self, value: &Value) {
+        match value {
+            Value::Null => {}
+            Value::Object(map) => {
+                self.doc.add_text(self.schema.exists, &self.path);
+                let len = self.path.len();
+                for (key, child) in map {
+                    self.path.push('.');
+                    self.path.push_str(key);
+                    self.walk(child);
+                    self.path.truncate(len);
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    self.walk(item);
+                }
+            }
+            Value::String(s) => {
+                self.leaf(s);
+                if self.to_all {
+                    self.doc.add_text(self.schema.all, s);
+                }
+            }
+            Value::Bool(b) => self.leaf(if *b { "true" } else { "false" }),
+            Value::Number(n) => self.leaf(&n.to_string()),
+        }
+    }
+
+    fn leaf(&mut self, value: &str) {
+        self.doc.add_text(self.schema.exists, &self.path);
+        flat_term_text(&self.path, value, &mut self.term);
+        self.doc.add_text(self.schema.flat, &self.term);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn lookup_prefers_literal_dotted_keys() {
+        let m = json!({
+            "annotations": {"authorization.k8s.io/decision": "allow"},
+            "a.b": 1, "a": {"b": 2},
+            "user": {"username": "alice"}
+        });
+        let m = m.as_object().unwrap();
+        assert_eq!(
+            lookup(m, "annotations.authorization.k8s.io/decision"),
+            Some(&json!("allow"))
+        );
+        assert_eq!(lookup(m, "a.b"), Some(&json!(1)));
+        assert_eq!(lookup(m, "user.username"), Some(&json!("alice")));
+        assert_eq!(lookup(m, "user.uid"), None);
+    }
+}

@@ -1,0 +1,342 @@
+//! Store tests on the shared audit fixtures: what goes in comes back, and
+//! each query operator selects exactly the events an independent reading of
+//! the JSON says it should.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use ward_event::audit::{self, Parsed};
+use ward_event::wire::{self, BatchWriter, RawRecord};
+use ward_event::{Flag, Record, SourceKind};
+use ward_indexer::document::lookup;
+use ward_indexer::{Error, SearchRequest, Store, StoreConfig};
+
+fn fixtures() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
+    assert!(dir.is_dir(), "shared fixtures missing at {}", dir.display());
+    dir
+}
+
+/// Every audit event of the three corpora, as the collector would send them.
+fn corpus() -> Vec<u8> {
+    let mut w = BatchWriter::new();
+    for file in [
+        "falco-traces/falco_k8s_audit_traces.jsonl",
+        "panther-k8s/panther_k8s_audit_events.jsonl",
+        "audit2rbac/demo.log",
+    ] {
+        let text = std::fs::read_to_string(fixtures().join(file)).unwrap();
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            for parsed in audit::parse_line(line) {
+                let Parsed::Event { raw, timestamp } = parsed else {
+                    panic!("{file}:{n}")
+                };
+                let mut flags = vec![];
+                let timestamp = timestamp.unwrap_or_else(|| {
+                    flags.push(Flag::TimeInferred);
+                    DateTime::from_timestamp(1_000_000_000, 0).unwrap()
+                });
+                let envelope: RawRecord = Record {
+                    id: format!("{file}/{n}"),
+                    source: SourceKind::Audit,
+                    timestamp,
+                    cluster: Some("test".into()),
+                    node: Some("node-1".into()),
+                    flags,
+                    parse_error: None,
+                    file: Some(file.into()),
+                    offset: Some(n as u64),
+                    event: (),
+                };
+                w.push_raw(&envelope, raw).unwrap();
+            }
+        }
+    }
+    w.take()
+}
+
+async fn loaded_store(dir: &std::path::Path) -> (Store, Vec<Map<String, Value>>) {
+    let store = Store::open(StoreConfig::new(dir)).unwrap();
+    let records = wire::decode(&corpus()).unwrap();
+    let events: Vec<Map<String, Value>> = records.iter().map(|r| r.event.clone()).collect();
+    store.ingest(records).await.unwrap();
+    (store, events)
+}
+
+async fn ids(store: &Store, q: &str) -> BTreeSet<String> {
+    let resp = store
+        .search(SearchRequest {
+            query: q.into(),
+            start: None,
+            end: None,
+            limit: 10_000,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{q}: {e}"));
+    let hits: Vec<Value> = resp
+        .hits
+        .iter()
+        .map(|h| serde_json::from_str(h.get()).unwrap())
+        .collect();
+    assert_eq!(resp.total as usize, hits.len(), "{q}");
+    hits.iter()
+        .map(|h| h["ward"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn expected(
+    events: &[Map<String, Value>],
+    pred: impl Fn(&Map<String, Value>) -> bool,
+) -> BTreeSet<String> {
+    // Ids are assigned in corpus order, so recompute them the same way.
+    let records = wire::decode(&corpus()).unwrap();
+    records
+        .iter()
+        .zip(events)
+        .filter(|(_, e)| pred(e))
+        .map(|(r, _)| r.id.clone())
+        .collect()
+}
+
+fn str_at<'a>(e: &'a Map<String, Value>, path: &str) -> Option<&'a str> {
+    lookup(e, path).and_then(Value::as_str)
+}
+
+#[tokio::test]
+async fn every_event_is_stored_whole_and_searchable_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, events) = loaded_store(dir.path()).await;
+    assert_eq!(store.num_docs() as usize, events.len());
+    assert_eq!(events.len(), 51 + 222 + 37);
+
+    // Every original field comes back under its own name.
+    let resp = store
+        .search(SearchRequest {
+            query: String::new(),
+            start: None,
+            end: None,
+            limit: 10_000,
+        })
+        .await
+        .unwrap();
+    let hits: Vec<Map<String, Value>> = resp
+        .hits
+        .iter()
+        .map(|h| serde_json::from_str(h.get()).unwrap())
+        .collect();
+    let by_id: std::collections::HashMap<&str, &Map<String, Value>> = hits
+        .iter()
+        .map(|h| (h["ward"]["id"].as_str().unwrap(), h))
+        .collect();
+    let records = wire::decode(&corpus()).unwrap();
+    assert_eq!(by_id.len(), records.len());
+    for record in &records {
+        let hit = by_id[record.id.as_str()];
+        for (k, v) in &record.event {
+            assert_eq!(hit.get(k), Some(v), "field {k} of {}", record.id);
+        }
+        assert_eq!(hit["source"], "audit");
+        assert_eq!(hit["cluster"], "test");
+        assert_eq!(hit["node"], "node-1");
+    }
+    // Newest first.
+    let times: Vec<&str> = hits
+        .iter()
+        .map(|h| h["timestamp"].as_str().unwrap())
+        .collect();
+    let parsed: Vec<DateTime<Utc>> = times.iter().map(|t| t.parse().unwrap()).collect();
+    assert!(parsed.windows(2).all(|w| w[0] >= w[1]));
+
+    let cases: Vec<(&str, Box<dyn Fn(&Map<String, Value>) -> bool>)> = vec![
+        (
+            "verb:create",
+            Box::new(|e| str_at(e, "verb") == Some("create")),
+        ),
+        (
+            "verb:CREATE",
+            Box::new(|e| str_at(e, "verb") == Some("create")),
+        ),
+        (
+            "verb:create AND objectRef.resource:pods",
+            Box::new(|e| {
+                str_at(e, "verb") == Some("create")
+                    && str_at(e, "objectRef.resource") == Some("pods")
+            }),
+        ),
+        (
+            "verb:(get OR list) NOT objectRef.resource:pods",
+            Box::new(|e| {
+                matches!(str_at(e, "verb"), Some("get" | "list"))
+                    && str_at(e, "objectRef.resource") != Some("pods")
+            }),
+        ),
+        (
+            "objectRef.subresource:exec",
+            Box::new(|e| str_at(e, "objectRef.subresource") == Some("exec")),
+        ),
+        (
+            "user.username:system\\:admin",
+            Box::new(|e| str_at(e, "user.username") == Some("system:admin")),
+        ),
+        (
+            "user.username:system:anonymous",
+            Box::new(|e| str_at(e, "user.username") == Some("system:anonymous")),
+        ),
+        (
+            "user.groups:system\\:masters",
+            Box::new(|e| {
+                lookup(e, "user.groups")
+                    .and_then(Value::as_array)
+                    .is_some_and(|g| g.iter().any(|x| x == "system:masters"))
+            }),
+        ),
+        (
+            "objectRef.namespace:kube\\-sys*",
+            Box::new(|e| {
+                str_at(e, "objectRef.namespace").is_some_and(|n| n.starts_with("kube-sys"))
+            }),
+        ),
+        (
+            "requestURI:*exec*",
+            Box::new(|e| {
+                str_at(e, "requestURI").is_some_and(|u| u.to_lowercase().contains("exec"))
+            }),
+        ),
+        (
+            "requestURI:/.*\\/exec.*/",
+            Box::new(|e| str_at(e, "requestURI").is_some_and(|u| u.contains("/exec"))),
+        ),
+        (
+            "responseStatus.code:403",
+            Box::new(|e| lookup(e, "responseStatus.code").and_then(Value::as_u64) == Some(403)),
+        ),
+        (
+            "responseStatus.code:[400 TO 499]",
+            Box::new(|e| {
+                lookup(e, "responseStatus.code")
+                    .and_then(Value::as_u64)
+                    .is_some_and(|c| (400..=499).contains(&c))
+            }),
+        ),
+        (
+            "_exists_:impersonatedUser",
+            Box::new(|e| e.contains_key("impersonatedUser")),
+        ),
+        (
+            "annotations.authorization.k8s.io/decision:forbid",
+            Box::new(|e| {
+                lookup(e, "annotations")
+                    .and_then(|a| a.get("authorization.k8s.io/decision"))
+                    .and_then(Value::as_str)
+                    == Some("forbid")
+            }),
+        ),
+        (
+            "requestObject.spec.containers.securityContext.privileged:true",
+            Box::new(|e| {
+                lookup(e, "requestObject.spec.containers")
+                    .and_then(Value::as_array)
+                    .is_some_and(|cs| {
+                        cs.iter().any(|c| {
+                            c.pointer("/securityContext/privileged") == Some(&Value::Bool(true))
+                        })
+                    })
+            }),
+        ),
+    ];
+    for (q, pred) in cases {
+        let want = expected(&events, pred);
+        assert!(!want.is_empty(), "{q}: the corpus must exercise the case");
+        assert_eq!(ids(&store, q).await, want, "{q}");
+    }
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn time_range_and_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = loaded_store(dir.path()).await;
+    let all = store
+        .search(SearchRequest {
+            query: "*".into(),
+            start: None,
+            end: None,
+            limit: 5,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.hits.len(), 5);
+    assert_eq!(all.total, store.num_docs());
+    let start: DateTime<Utc> = "2017-09-11T19:55:05Z".parse().unwrap();
+    let end: DateTime<Utc> = "2017-09-11T19:57:00Z".parse().unwrap();
+    let window = store
+        .search(SearchRequest {
+            query: "*".into(),
+            start: Some(start),
+            end: Some(end),
+            limit: 10_000,
+        })
+        .await
+        .unwrap();
+    assert!(window.total > 0 && window.total < all.total);
+    for hit in &window.hits {
+        let v: Value = serde_json::from_str(hit.get()).unwrap();
+        let t: DateTime<Utc> = v["timestamp"].as_str().unwrap().parse().unwrap();
+        assert!(t >= start && t < end, "{t}");
+    }
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_queries_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+    for q in [
+        "verb:(create",
+        "requestURI:/[/",
+        "responseStatus.code:[a TO b]",
+        "a:[1 TO",
+    ] {
+        let err = store
+            .search(SearchRequest {
+                query: q.into(),
+                start: None,
+                end: None,
+                limit: 10,
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Query { .. } | Error::InvalidRequest(_)),
+            "{q}: {err:?}"
+        );
+    }
+    let err = store
+        .search(SearchRequest {
+            query: "*".into(),
+            start: None,
+            end: None,
+            limit: 1_000_000,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest(_)));
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn acknowledged_data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, events) = loaded_store(dir.path()).await;
+    store.shutdown().await;
+    drop(store);
+    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+    assert_eq!(store.num_docs() as usize, events.len());
+    store.shutdown().await;
+}
