@@ -1,0 +1,76 @@
+//! The one place where errors become HTTP status codes.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Store(#[from] ward_indexer::Error),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("unsupported content encoding {0:?}: send zstd or identity")]
+    UnsupportedEncoding(String),
+    #[error("no such page: {0}")]
+    NotFound(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        use ward_event::Error as Wire;
+        use ward_indexer::Error as Store;
+        match self {
+            ApiError::Store(Store::Query { .. }) | ApiError::Store(Store::InvalidRequest(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Store(Store::Wire(Wire::TooLarge { .. })) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Store(Store::Wire(_)) => StatusCode::BAD_REQUEST,
+            ApiError::Store(Store::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(Store::Tantivy(_)) | ApiError::Store(Store::Io { .. }) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, status = status.as_u16(), "request failed");
+        }
+        let position = match &self {
+            ApiError::Store(ward_indexer::Error::Query { position, .. }) => Some(*position),
+            _ => None,
+        };
+        let kind =
+            matches!(self, ApiError::Store(ward_indexer::Error::Query { .. })).then_some("query");
+        let body = ErrorBody {
+            error: self.to_string(),
+            position,
+            kind,
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,138 @@
+//! Handler tests through the real router with `oneshot`, on a real index.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use ward_event::wire::{self, BatchWriter};
+use ward_event::{Record, SourceKind};
+use ward_indexer::{Store, StoreConfig};
+use ward_query_api::{ApiConfig, router};
+
+fn batch(n: usize) -> Vec<u8> {
+    let mut w = BatchWriter::new();
+    for i in 0..n {
+        let r = Record {
+            id: format!("t/{i}"),
+            source: SourceKind::Container,
+            timestamp: chrono::DateTime::from_timestamp(1_700_000_000 + i as i64, 0).unwrap(),
+            cluster: None,
+            node: Some("n1".into()),
+            flags: vec![],
+            parse_error: None,
+            file: None,
+            offset: Some(i as u64),
+            event: json!({"message": format!("line {i} connection refused"), "stream": "stdout",
+                          "kubernetes": {"namespace": "prod", "pod": "web-0", "container": "app"}}),
+        };
+        w.push(&r).unwrap();
+    }
+    w.take()
+}
+
+async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, body)
+}
+
+fn ingest(body: Vec<u8>, encoding: Option<&str>) -> Request<Body> {
+    let mut b = Request::post("/api/v1/ingest").header(header::CONTENT_TYPE, wire::CONTENT_TYPE);
+    if let Some(e) = encoding {
+        b = b.header(header::CONTENT_ENCODING, e);
+    }
+    b.body(Body::from(body)).unwrap()
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn ingest_then_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+    let app = router(store.clone(), ApiConfig::default());
+    let (status, body) = call(&app, ingest(wire::compress(&batch(30), 3), Some("zstd"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["records"], 30);
+    let (status, body) = call(&app, get("/api/v1/search?q=kubernetes.namespace:prod%20AND%20message:%22connection%20refused%22&limit=5")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["total"], 30);
+    assert_eq!(body["hits"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        body["hits"][0]["message"], "line 29 connection refused",
+        "newest first"
+    );
+    assert_eq!(body["hits"][0]["source"], "container");
+    assert_eq!(body["hits"][0]["kubernetes"]["pod"], "web-0");
+    // Identity encoding is accepted too.
+    let (status, _) = call(&app, ingest(batch(1), None)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = call(&app, get("/api/v1/search?q=message:%22line%200%22&start=2023-11-14T22:13:20Z&end=2023-11-14T22:13:21Z")).await;
+    assert_eq!(body["total"], 2, "{body}");
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+    let config = ApiConfig {
+        max_body_bytes: 64 * 1024,
+        max_batch_bytes: 256 * 1024,
+    };
+    let app = router(store.clone(), config);
+
+    let (status, body) = call(&app, ingest(b"not zstd".to_vec(), Some("zstd"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("zstd"), "{body}");
+
+    // A decompression bomb: tiny on the wire, over the batch bound inflated.
+    let bomb = wire::compress(&vec![b' '; 1024 * 1024], 19);
+    assert!(bomb.len() < 64 * 1024);
+    let (status, body) = call(&app, ingest(bomb, Some("zstd"))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+
+    let (status, _) = call(&app, ingest(vec![b'x'; 65 * 1024], Some("zstd"))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let (status, body) = call(
+        &app,
+        ingest(wire::compress(b"{\"id\":\"x\"}\n", 3), Some("zstd")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("line 1"), "{body}");
+
+    let (status, _) = call(&app, ingest(batch(1), Some("br"))).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let (status, body) = call(&app, get("/api/v1/search?q=verb:(create")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["position"], 5, "{body}");
+    let (status, _) = call(&app, get("/api/v1/search?q=*&start=yesterday")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = call(&app, get("/api/v1/search?query=oops")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(store.num_docs(), 0, "nothing was half-ingested");
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_and_dashboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+    let app = router(store.clone(), ApiConfig::default());
+    assert_eq!(call(&app, get("/healthz")).await.0, StatusCode::OK);
+    let (status, body) = call(&app, get("/")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.as_str().unwrap().contains("<title>Ward</title>"));
+    assert_eq!(call(&app, get("/nope")).await.0, StatusCode::NOT_FOUND);
+    store.shutdown().await;
+}
