@@ -26,8 +26,9 @@ pub fn parse(line: &[u8]) -> Result<Chunk<'_>, Error> {
     // The message may be empty, and then the separating space may be absent.
     let (tag, message) = split_field(rest).unwrap_or((rest, &[][..]));
     let timestamp = std::str::from_utf8(timestamp)
-        .map_err(|_| Error::Cri("timestamp is not UTF-8"))
-        .and_then(parse_rfc3339)?;
+        .ok()
+        .and_then(|t| parse_rfc3339(t).ok())
+        .ok_or(Error::Cri("first field is not an RFC 3339 timestamp"))?;
     let stream = Stream::parse(stream).ok_or(Error::Cri("stream is neither stdout nor stderr"))?;
     let partial = match tag.split(|&b| b == b':').next() {
         Some(b"P") => true,
@@ -93,10 +94,10 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert_eq!(parse(b"hello"), Err(Error::Cri("missing stream")));
-        assert!(matches!(
+        assert_eq!(
             parse(b"notatime stdout F x"),
-            Err(Error::Timestamp { .. })
-        ));
+            Err(Error::Cri("first field is not an RFC 3339 timestamp"))
+        );
         assert_eq!(
             parse(b"2016-10-06T00:17:09Z stdin F x"),
             Err(Error::Cri("stream is neither stdout nor stderr"))
