@@ -39,6 +39,22 @@ enum Command {
     Collector(CollectorArgs),
     /// Search an indexer.
     Search(search::SearchArgs),
+    /// Work with detection rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Run rules over files of audit events and print one JSON alert per line.
+    Test {
+        /// Rule files or directories (default: the built-in Kubernetes pack).
+        #[arg(long = "rules")]
+        rules: Vec<PathBuf>,
+        /// Audit event files: one Event per line, or EventList documents.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -139,8 +155,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .context("collector failed")
             }
             Command::Search(args) => search::run(args).await,
+            Command::Rules(RulesCommand::Test { rules, files }) => rules_test(&rules, &files),
         }
     })
+}
+
+/// `ward rules test`: load errors on stderr, never fatal; alerts on stdout.
+fn rules_test(rules: &[PathBuf], files: &[PathBuf]) -> anyhow::Result<()> {
+    let (ruleset, errors) = if rules.is_empty() {
+        ward_rules::RuleSet::builtin()
+    } else {
+        ward_rules::RuleSet::load(rules)
+    };
+    let mut stderr = std::io::stderr().lock();
+    for e in &errors {
+        use std::io::Write;
+        writeln!(stderr, "rule load error: {e}")?;
+    }
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    ward_rules::run_test_files(&ruleset, files, &mut stdout, &mut stderr)
+        .context("rules test failed")?;
+    Ok(())
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {

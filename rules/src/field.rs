@@ -1,0 +1,162 @@
+//! How a Sigma field name finds its values in a Kubernetes audit event.
+//!
+//! Audit events mix two kinds of dots: nested objects (`objectRef.resource`
+//! is `{"objectRef": {"resource": …}}`) and literal keys that contain dots
+//! (`annotations` holds `authorization.k8s.io/decision`). So a field name is
+//! tried literally first, and only then split at each dot in turn, from the
+//! left: `annotations.authorization.k8s.io/decision` finds the `annotations`
+//! object, then its literal key `authorization.k8s.io/decision`.
+//!
+//! Arrays are transparent: `requestObject.spec.containers.image` visits the
+//! image of every container, and a leaf that is an array yields each
+//! element, so "any element matches" falls out of the walk.
+//!
+//! The walk borrows from the already-parsed event and allocates nothing.
+
+use serde_json::{Map, Value};
+
+/// Visits every value `path` resolves to in `root`, stopping as soon as
+/// `visit` returns true. Returns whether `visit` returned true.
+///
+/// `found` is set when at least one value was reached (even `null`), which is
+/// what `exists` and `null` need to tell "absent" from "present".
+pub(crate) fn visit<'a>(
+    root: &'a Map<String, Value>,
+    path: &str,
+    found: &mut bool,
+    visit: &mut dyn FnMut(&'a Value) -> bool,
+) -> bool {
+    walk_map(root, path, found, visit)
+}
+
+fn walk_map<'a>(
+    map: &'a Map<String, Value>,
+    path: &str,
+    found: &mut bool,
+    visit: &mut dyn FnMut(&'a Value) -> bool,
+) -> bool {
+    // A literal key wins over any nested reading of the same name.
+    if let Some(v) = map.get(path) {
+        return leaf(v, found, visit);
+    }
+    for (i, _) in path.match_indices('.') {
+        let hit = map
+            .get(&path[..i])
+            .is_some_and(|v| walk(v, &path[i + 1..], found, visit));
+        if hit {
+            return true;
+        }
+    }
+    false
+}
+
+fn walk<'a>(
+    v: &'a Value,
+    path: &str,
+    found: &mut bool,
+    visit: &mut dyn FnMut(&'a Value) -> bool,
+) -> bool {
+    match v {
+        Value::Object(m) => walk_map(m, path, found, visit),
+        Value::Array(items) => items.iter().any(|i| walk(i, path, found, visit)),
+        _ => false,
+    }
+}
+
+fn leaf<'a>(v: &'a Value, found: &mut bool, visit: &mut dyn FnMut(&'a Value) -> bool) -> bool {
+    match v {
+        Value::Array(items) => items.iter().any(|i| leaf(i, found, visit)),
+        _ => {
+            *found = true;
+            visit(v)
+        }
+    }
+}
+
+/// The first scalar `path` resolves to, as text (for group-by keys and
+/// distinct-value counts, where one value per event is what we want).
+pub(crate) fn first_text(root: &Map<String, Value>, path: &str) -> Option<String> {
+    let mut out = None;
+    let mut found = false;
+    visit(root, path, &mut found, &mut |v| match v {
+        Value::String(s) => {
+            out = Some(s.clone());
+            true
+        }
+        Value::Number(n) => {
+            out = Some(n.to_string());
+            true
+        }
+        Value::Bool(b) => {
+            out = Some(b.to_string());
+            true
+        }
+        _ => false,
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn all(root: &Value, path: &str) -> (bool, Vec<Value>) {
+        let mut found = false;
+        let mut vals = Vec::new();
+        visit(root.as_object().unwrap(), path, &mut found, &mut |v| {
+            vals.push(v.clone());
+            false
+        });
+        (found, vals)
+    }
+
+    #[test]
+    fn literal_dotted_key_before_nested_path() {
+        let ev = json!({
+            "annotations": {"authorization.k8s.io/decision": "allow"},
+            "a.b": 1,
+            "a": {"b": 2},
+        });
+        assert_eq!(
+            all(&ev, "annotations.authorization.k8s.io/decision").1,
+            vec![json!("allow")]
+        );
+        // Literal `a.b` shadows the nested `a` → `b`.
+        assert_eq!(all(&ev, "a.b").1, vec![json!(1)]);
+    }
+
+    #[test]
+    fn arrays_are_transparent() {
+        let ev = json!({"spec": {"containers": [
+            {"image": "nginx", "ports": [80, 443]},
+            {"image": "busybox"}
+        ]}});
+        assert_eq!(
+            all(&ev, "spec.containers.image").1,
+            vec![json!("nginx"), json!("busybox")]
+        );
+        assert_eq!(
+            all(&ev, "spec.containers.ports").1,
+            vec![json!(80), json!(443)]
+        );
+    }
+
+    #[test]
+    fn missing_and_null_are_different() {
+        let ev = json!({"a": null, "b": {"c": 1}});
+        assert_eq!(all(&ev, "a"), (true, vec![Value::Null]));
+        assert_eq!(all(&ev, "x"), (false, vec![]));
+        assert_eq!(all(&ev, "b.d"), (false, vec![]));
+        assert_eq!(all(&ev, "b.c.d"), (false, vec![]));
+    }
+
+    #[test]
+    fn first_text_renders_numbers() {
+        let ev = json!({"responseStatus": {"code": 403}, "user": {"username": "bob"}});
+        let m = ev.as_object().unwrap();
+        assert_eq!(first_text(m, "responseStatus.code").as_deref(), Some("403"));
+        assert_eq!(first_text(m, "user.username").as_deref(), Some("bob"));
+        assert_eq!(first_text(m, "user.uid"), None);
+    }
+}
