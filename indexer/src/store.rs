@@ -14,6 +14,7 @@
 //! flight to cover that latency. No write-ahead log is needed because
 //! nothing is acknowledged before it is in a committed segment.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,7 +68,10 @@ impl StoreConfig {
 /// What an acknowledged batch became.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct IngestReceipt {
+    /// Records in the batch.
     pub records: usize,
+    /// Of those, records already in the index (replays), not stored again.
+    pub duplicates: usize,
 }
 
 /// A search: query text, optional time range, newest first.
@@ -98,12 +102,16 @@ pub struct StoreStats {
     pub batches_acknowledged: AtomicU64,
     pub commits: AtomicU64,
     pub commit_errors: AtomicU64,
+    pub duplicates_dropped: AtomicU64,
 }
+
+/// What the writer answers for one batch: duplicates dropped, or why it failed.
+type Ack = oneshot::Sender<Result<usize, String>>;
 
 enum WriterMsg {
     Batch {
-        docs: Vec<TantivyDocument>,
-        ack: oneshot::Sender<Result<(), String>>,
+        docs: Vec<(RecordKey, TantivyDocument)>,
+        ack: Ack,
     },
     Shutdown(oneshot::Sender<()>),
 }
@@ -140,6 +148,7 @@ impl Store {
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
+        let known = KnownRecords::load(&reader, schema.id)?;
         let stats = Arc::new(StoreStats::default());
         let (tx, rx) = crossbeam_channel::bounded(16);
         let thread = {
@@ -148,7 +157,7 @@ impl Store {
             let interval = config.commit_interval;
             std::thread::Builder::new()
                 .name("ward-index-writer".into())
-                .spawn(move || writer_loop(writer, reader, rx, interval, &stats))
+                .spawn(move || writer_loop(writer, reader, rx, interval, known, &stats))
                 .map_err(|source| io_error(&index_dir, source))?
         };
         tracing::info!(path = %index_dir.display(), "index opened");
@@ -176,7 +185,7 @@ impl Store {
         tokio::task::spawn_blocking(move || store.enqueue(records, ack))
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))??;
-        acked
+        let duplicates = acked
             .await
             .map_err(|_| Error::Unavailable("the index writer stopped".into()))?
             .map_err(Error::Unavailable)?;
@@ -184,7 +193,10 @@ impl Store {
             .stats
             .batches_acknowledged
             .fetch_add(1, Ordering::Relaxed);
-        Ok(IngestReceipt { records: count })
+        Ok(IngestReceipt {
+            records: count,
+            duplicates,
+        })
     }
 
     /// Like [`Store::ingest`], for callers outside an async runtime (benches).
@@ -192,22 +204,21 @@ impl Store {
         let (ack, acked) = oneshot::channel();
         let count = records.len();
         self.enqueue(records, ack)?;
-        acked
+        let duplicates = acked
             .blocking_recv()
             .map_err(|_| Error::Unavailable("the index writer stopped".into()))?
             .map_err(Error::Unavailable)?;
-        Ok(IngestReceipt { records: count })
+        Ok(IngestReceipt {
+            records: count,
+            duplicates,
+        })
     }
 
-    fn enqueue(
-        &self,
-        records: Vec<DecodedRecord>,
-        ack: oneshot::Sender<Result<(), String>>,
-    ) -> Result<(), Error> {
+    fn enqueue(&self, records: Vec<DecodedRecord>, ack: Ack) -> Result<(), Error> {
         let schema = &self.inner.schema;
-        let docs: Vec<TantivyDocument> = records
+        let docs: Vec<(RecordKey, TantivyDocument)> = records
             .into_iter()
-            .map(|r| document::build(schema, r))
+            .map(|r| (RecordKey::of(&r.id), document::build(schema, r)))
             .collect();
         match self
             .inner
@@ -315,97 +326,156 @@ fn io_error(path: &Path, source: std::io::Error) -> Error {
     }
 }
 
+/// The ids of every record in the index, as 128-bit hashes, so that a
+/// replayed record (a collector resending after a crash, an API server
+/// retrying a webhook batch) is recognised without a lookup in the index.
+///
+/// The set is derived from the `_id` terms of the committed index, which
+/// are written in the same commit as the records: it is atomic with the
+/// data by construction, and rebuilt from the index at start-up. Its cost
+/// is about 32 bytes of memory per stored record.
+struct KnownRecords {
+    committed: HashSet<RecordKey>,
+    /// Added since the last commit; folded in on success, dropped on failure.
+    pending: HashSet<RecordKey>,
+}
+
+/// A record id hashed to 128 bits (two independent 64-bit hashes, so that a
+/// collision, which would wrongly drop a record, is out of practical reach).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct RecordKey(u64, u64);
+
+impl RecordKey {
+    pub(crate) fn of(id: &str) -> RecordKey {
+        use std::hash::{Hash, Hasher};
+        // `DefaultHasher::new()` has fixed keys: stable within a build,
+        // which is all a set rebuilt at start-up needs.
+        let mut a = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut a);
+        let mut b = std::collections::hash_map::DefaultHasher::new();
+        (0x5eed_u16, id).hash(&mut b);
+        RecordKey(a.finish(), b.finish())
+    }
+}
+
+impl KnownRecords {
+    fn load(reader: &IndexReader, id_field: tantivy::schema::Field) -> Result<KnownRecords, Error> {
+        let mut committed = HashSet::new();
+        let searcher = reader.searcher();
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(id_field)?;
+            let mut terms = inverted
+                .terms()
+                .stream()
+                .map_err(|source| io_error(Path::new("index/_id terms"), source))?;
+            while terms.advance() {
+                committed.insert(RecordKey::of(&String::from_utf8_lossy(terms.key())));
+            }
+        }
+        tracing::info!(
+            records = committed.len(),
+            "loaded record ids for replay detection"
+        );
+        Ok(KnownRecords {
+            committed,
+            pending: HashSet::new(),
+        })
+    }
+
+    /// Registers a record; false if it is already known (a replay).
+    fn insert(&mut self, key: RecordKey) -> bool {
+        !self.committed.contains(&key) && self.pending.insert(key)
+    }
+}
+
+/// Batches added since the last commit, waiting for it.
+#[derive(Default)]
+struct PendingCommit {
+    acks: Vec<(Ack, usize)>,
+    docs: u64,
+    /// The first error of an `add_document`: the commit must then fail.
+    failure: Option<String>,
+    since: Option<Instant>,
+}
+
 fn writer_loop(
     mut writer: IndexWriter<TantivyDocument>,
     reader: IndexReader,
     rx: crossbeam_channel::Receiver<WriterMsg>,
     interval: Duration,
+    mut known: KnownRecords,
     stats: &StoreStats,
 ) {
-    let mut pending: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
-    let mut pending_docs = 0u64;
-    let mut oldest: Option<Instant> = None;
-    let mut failure: Option<String> = None;
+    let mut pending = PendingCommit::default();
     loop {
-        let wait = oldest.map_or(Duration::from_secs(3600), |t| {
+        let wait = pending.since.map_or(Duration::from_secs(3600), |t| {
             interval.saturating_sub(t.elapsed())
         });
-        let msg = rx.recv_timeout(wait);
-        match msg {
+        match rx.recv_timeout(wait) {
             Ok(WriterMsg::Batch { docs, ack }) => {
-                pending_docs += docs.len() as u64;
-                for doc in docs {
+                let mut duplicates = 0;
+                for (key, doc) in docs {
+                    if !known.insert(key) {
+                        duplicates += 1;
+                        continue;
+                    }
+                    pending.docs += 1;
                     if let Err(e) = writer.add_document(doc) {
-                        failure.get_or_insert_with(|| e.to_string());
+                        pending.failure.get_or_insert_with(|| e.to_string());
                     }
                 }
-                pending.push(ack);
-                oldest.get_or_insert_with(Instant::now);
-                if oldest.is_some_and(|t| t.elapsed() < interval) {
+                if duplicates > 0 {
+                    stats
+                        .duplicates_dropped
+                        .fetch_add(duplicates as u64, Ordering::Relaxed);
+                    tracing::info!(duplicates, "dropped replayed records");
+                }
+                pending.acks.push((ack, duplicates));
+                let since = *pending.since.get_or_insert_with(Instant::now);
+                if since.elapsed() < interval {
                     continue;
                 }
             }
             Ok(WriterMsg::Shutdown(done)) => {
-                commit(
-                    &mut writer,
-                    &reader,
-                    &mut pending,
-                    &mut pending_docs,
-                    &mut failure,
-                    stats,
-                );
+                commit(&mut writer, &reader, &mut pending, &mut known, stats);
                 let _ = done.send(());
                 tracing::info!("index writer stopped");
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                commit(
-                    &mut writer,
-                    &reader,
-                    &mut pending,
-                    &mut pending_docs,
-                    &mut failure,
-                    stats,
-                );
+                commit(&mut writer, &reader, &mut pending, &mut known, stats);
                 return;
             }
         }
-        if !pending.is_empty() {
-            commit(
-                &mut writer,
-                &reader,
-                &mut pending,
-                &mut pending_docs,
-                &mut failure,
-                stats,
-            );
-        }
-        oldest = None;
+        commit(&mut writer, &reader, &mut pending, &mut known, stats);
     }
 }
 
 fn commit(
     writer: &mut IndexWriter<TantivyDocument>,
     reader: &IndexReader,
-    pending: &mut Vec<oneshot::Sender<Result<(), String>>>,
-    pending_docs: &mut u64,
-    failure: &mut Option<String>,
+    pending: &mut PendingCommit,
+    known: &mut KnownRecords,
     stats: &StoreStats,
 ) {
-    if pending.is_empty() {
+    let batch = std::mem::take(pending);
+    if batch.acks.is_empty() {
         return;
     }
-    let result = match failure.take() {
+    let result = match batch.failure {
         Some(e) => Err(e),
+        // A batch of replays only: nothing new to make durable.
+        None if batch.docs == 0 => Ok(()),
         None => writer.commit().map(|_| ()).map_err(|e| e.to_string()),
     };
     match &result {
         Ok(()) => {
+            known.committed.extend(known.pending.drain());
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats
                 .records_indexed
-                .fetch_add(*pending_docs, Ordering::Relaxed);
+                .fetch_add(batch.docs, Ordering::Relaxed);
             if let Err(e) = reader.reload() {
                 tracing::warn!(error = %e, "index reader reload failed");
             }
@@ -414,13 +484,13 @@ fn commit(
             stats.commit_errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "index commit failed; batches are refused and will be resent");
             // Drop what this commit would have held: nothing was acknowledged.
+            known.pending.clear();
             if let Err(e) = writer.rollback() {
                 tracing::error!(error = %e, "index rollback failed");
             }
         }
     }
-    *pending_docs = 0;
-    for ack in pending.drain(..) {
-        let _ = ack.send(result.clone());
+    for (ack, duplicates) in batch.acks {
+        let _ = ack.send(result.clone().map(|()| duplicates));
     }
 }

@@ -340,3 +340,29 @@ async fn acknowledged_data_survives_reopen() {
     assert_eq!(store.num_docs() as usize, events.len());
     store.shutdown().await;
 }
+
+#[tokio::test]
+async fn replayed_records_are_stored_once_also_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, events) = loaded_store(dir.path()).await;
+    let n = events.len();
+    let receipt = store
+        .ingest(wire::decode(&corpus()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((receipt.records, receipt.duplicates), (n, n));
+    assert_eq!(store.num_docs() as usize, n);
+    store.shutdown().await;
+    drop(store);
+    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+    // Half old, half new: only the new half is stored.
+    let mut records = wire::decode(&corpus()).unwrap();
+    records.truncate(100);
+    for r in records.iter_mut().take(50) {
+        r.id.push_str("-new");
+    }
+    let receipt = store.ingest(records).await.unwrap();
+    assert_eq!(receipt.duplicates, 50);
+    assert_eq!(store.num_docs() as usize, n + 50);
+    store.shutdown().await;
+}
