@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,24 @@ pub struct FilePosition {
     pub path: String,
     /// Every byte before this offset is acknowledged.
     pub offset: u64,
+    /// How many times the file was found truncated or rewritten under the
+    /// same fingerprint; part of record ids so that re-read content gets
+    /// new ids, and positions of a newer epoch replace older ones.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u32,
+    /// Hash of the bytes just before `offset` (see `tail::tail_hash`): on
+    /// resume, a file whose bytes there differ was truncated or rewritten
+    /// and is read again from the start rather than skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail_hash: Option<String>,
+    /// Hash of the file's first line alone (no device or inode): a copy of
+    /// the file (copytruncate's) is recognised by it at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_hash: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -37,6 +56,8 @@ struct OnDisk {
 pub struct Checkpoints {
     path: PathBuf,
     positions: HashMap<String, FilePosition>,
+    /// When each position last moved (loaded ones: when they were loaded).
+    touched: HashMap<String, Instant>,
     dirty: bool,
 }
 
@@ -59,9 +80,15 @@ impl Checkpoints {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
             Err(e) => return Err(io(&path)(e)),
         };
+        let now = Instant::now();
+        let touched = positions
+            .keys()
+            .map(|fp: &String| (fp.clone(), now))
+            .collect();
         Ok(Checkpoints {
             path,
             positions,
+            touched,
             dirty: false,
         })
     }
@@ -74,14 +101,37 @@ impl Checkpoints {
         self.positions.values()
     }
 
+    /// Forgets files that are no longer tailed and whose position has not
+    /// moved for `idle`: rotated files long finished or compressed, deleted
+    /// pods. Without this the file would grow with every rotation. A file
+    /// still tailed is kept however quiet it is.
+    pub fn prune(&mut self, tailed: impl Fn(&str) -> bool, idle: Duration) {
+        let before = self.positions.len();
+        let touched = &self.touched;
+        self.positions
+            .retain(|fp, _| tailed(fp) || touched.get(fp).is_none_or(|t| t.elapsed() < idle));
+        let positions = &self.positions;
+        self.touched.retain(|fp, _| positions.contains_key(fp));
+        if self.positions.len() != before {
+            tracing::debug!(
+                forgotten = before - self.positions.len(),
+                "forgot checkpoints of files no longer tailed"
+            );
+            self.dirty = true;
+        }
+    }
+
     /// Records acknowledged positions; they reach disk on the next [`Checkpoints::save`].
     pub fn advance(&mut self, positions: impl IntoIterator<Item = FilePosition>) {
         for p in positions {
+            self.touched.insert(p.fingerprint.clone(), Instant::now());
             match self.positions.get_mut(&p.fingerprint) {
-                Some(old) if old.offset >= p.offset && old.path == p.path => {}
+                // Acknowledgements arrive in order, so an older epoch or a
+                // smaller offset can only be a stale duplicate.
+                Some(old) if (old.epoch, old.offset) > (p.epoch, p.offset) => {}
+                Some(old) if *old == p => {}
                 Some(old) => {
-                    old.offset = old.offset.max(p.offset);
-                    old.path = p.path;
+                    *old = p;
                     self.dirty = true;
                 }
                 None => {
@@ -131,12 +181,29 @@ mod tests {
             fingerprint: "f1".into(),
             path: "/a".into(),
             offset: o,
+            epoch: 0,
+            tail_hash: None,
+            head_hash: None,
         };
         c.advance([pos(10)]);
         c.advance([pos(5)]);
         c.save().unwrap();
-        let c = Checkpoints::load(dir.path()).unwrap();
+        let mut c = Checkpoints::load(dir.path()).unwrap();
         assert_eq!(c.get("f1").unwrap().offset, 10);
+        // A truncated file starts over in a new epoch, at a smaller offset.
+        c.advance([FilePosition { epoch: 1, ..pos(3) }]);
+        c.advance([pos(20)]);
+        assert_eq!(c.get("f1").unwrap().offset, 3);
+        assert_eq!(c.get("f1").unwrap().epoch, 1);
+        // Pruning keeps tailed files and recently moved ones only.
+        c.advance([FilePosition {
+            fingerprint: "f2".into(),
+            ..pos(1)
+        }]);
+        c.prune(|fp| fp == "f1", Duration::from_secs(3600));
+        assert!(c.get("f2").is_some(), "moved recently");
+        c.prune(|fp| fp == "f1", Duration::ZERO);
+        assert!(c.get("f2").is_none() && c.get("f1").is_some());
         std::fs::write(dir.path().join(FILE_NAME), b"{garbage").unwrap();
         assert!(matches!(
             Checkpoints::load(dir.path()),

@@ -6,34 +6,69 @@
 //! carries, per file, the offset up to which every byte is in this or an
 //! earlier batch; the shipper turns those into checkpoints once the
 //! indexer acknowledged the batch.
+//!
+//! Identity and rotation. A file is known by device + inode + a hash of its
+//! first line (its fingerprint), so that a reused inode is a new file, and a
+//! renamed file (kubelet's `<n>.log` → `<n>.log.<timestamp>`, the API
+//! server's `audit.log` → `audit-<timestamp>.log`) is the same file: its
+//! open descriptor is read to its end before it is let go, and a new file
+//! at the old name is picked up on the next notify event (or rescan). A
+//! rotated or deleted file that is not read to its end within
+//! `orphan_max_age` is given up on and its unread bytes are counted
+//! (`ward_collector_bytes_abandoned_total`), so that a stuck pipeline cannot
+//! hold deleted files open for ever.
+//!
+//! Truncation and rewrites. The checkpoint keeps a hash of the bytes just
+//! before the saved offset; on resume a file whose bytes there differ (or
+//! that is now shorter) is read again from the start. While a file is open,
+//! a size below the read position or changed bytes before it mean the same
+//! (copytruncate). Content read again under the same fingerprint gets a new
+//! epoch, which is part of its record ids, so it is never taken for a
+//! replay of what was there before.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use notify::Watcher;
 use tokio::sync::mpsc;
+use ward_event::Stream;
 use ward_event::audit::{self, Parsed};
 use ward_event::partial::{LogLine, PartialMerger};
 use ward_event::path::{PodRef, pod_ref};
-use ward_event::record::{ContainerEvent, RawEvent};
 use ward_event::wire::{BatchWriter, RawRecord};
 use ward_event::{Flag, Record, SourceKind, cri, docker};
 
 use crate::checkpoint::{Checkpoints, FilePosition};
+use crate::kube::{PodMeta, SharedPods};
+use crate::metrics::Metrics;
 use crate::{CollectorConfig, Error};
 
-/// Bytes read from one file per turn, so that one busy file cannot starve the others.
+/// Bytes read from one file per turn, so that one busy file cannot starve
+/// the others (less when batches are smaller, so that they stay near their
+/// bound: a batch is sealed between turns).
 const READ_CHUNK: usize = 1024 * 1024;
 /// How long the loop sleeps when no file had new data and no event came.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// Bytes of a file's start that go into its fingerprint.
 const HEAD_BYTES: usize = 256;
+/// Bytes before a position that are hashed to recognise the same content.
+const TAIL_BYTES: usize = 64;
+/// A rotated or deleted file is let go only after this long without new
+/// data: the runtime may still finish a write to the old file after the rename.
+const ORPHAN_LINGER: Duration = Duration::from_secs(1);
+/// How often a full channel to the shipper is tried again.
+const SEND_WAIT: Duration = Duration::from_millis(20);
+/// While reading is paused, how often rotated or deleted files are checked.
+const ORPHAN_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How often file sizes are sampled for the checkpoint-lag gauge.
+const SIZES_EVERY: Duration = Duration::from_secs(1);
 
 /// A sealed batch of records and the file positions it completes.
 #[derive(Debug)]
@@ -41,6 +76,9 @@ pub struct Batch {
     pub ndjson: Vec<u8>,
     pub records: usize,
     pub positions: Vec<FilePosition>,
+    /// Told whether the batch is durable (acknowledged by the indexer or in
+    /// the spool); used by the audit webhook, whose answer waits for it.
+    pub durable: Option<tokio::sync::oneshot::Sender<bool>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +99,14 @@ struct TailedFile {
     file: File,
     dev_ino: (u64, u64),
     fingerprint: Option<String>,
+    /// Hash of the first line alone (see `FilePosition::head_hash`).
+    head_hash: Option<String>,
+    /// See the module docs: bumped when the file is read again from the start.
+    epoch: u32,
+    /// The identity before a truncation, to tell whether the epoch moves on.
+    previous: Option<(String, u32)>,
+    /// The last bytes before `read_offset`, to notice in-place rewrites.
+    tail: Vec<u8>,
     /// Unconsumed bytes; `buf[0]` is at file offset `buf_offset`.
     buf: Vec<u8>,
     buf_offset: u64,
@@ -74,13 +120,22 @@ struct TailedFile {
     last_data: Instant,
     /// The path no longer names this file (rotated or deleted).
     orphaned: bool,
+    orphaned_since: Option<Instant>,
+    /// Found beside a tailed file at startup (a rotated sibling): read
+    /// from where the checkpoints say, from where they say for the file it
+    /// is a copy of, or else from its start (rotated while the collector
+    /// was down, before it was ever read).
+    rotated_candidate: bool,
 }
 
 pub struct Tailer {
     config: CollectorConfig,
-    resume: HashMap<String, u64>,
+    resume: HashMap<String, FilePosition>,
     files: Vec<TailedFile>,
     out: Output,
+    metrics: Arc<Metrics>,
+    scanned_siblings: bool,
+    sizes_sampled: Option<Instant>,
 }
 
 /// The batch being built, and the positions it completes.
@@ -92,13 +147,44 @@ struct Output {
     batch_started: Option<Instant>,
     positions: HashMap<String, FilePosition>,
     merged: Vec<LogLine>,
+    /// Pod metadata from the Kubernetes API, when `--kube-metadata` is on.
+    pods: Option<SharedPods>,
+}
+
+/// A record's `kubernetes` object: what the path tells, and what the
+/// Kubernetes API adds.
+#[derive(serde::Serialize)]
+struct Kubernetes<'a> {
+    #[serde(flatten)]
+    pod: &'a PodRef,
+    #[serde(flatten)]
+    meta: Option<&'a PodMeta>,
+}
+
+/// The body of a container record (the same shape as
+/// `ward_event::record::ContainerEvent`, with the API's metadata).
+#[derive(serde::Serialize)]
+struct ContainerBody<'a> {
+    message: std::borrow::Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<Stream>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubernetes: Option<Kubernetes<'a>>,
 }
 
 impl Tailer {
-    pub fn new(config: CollectorConfig, checkpoints: &Checkpoints) -> Result<Tailer, Error> {
-        if config.container_globs.is_empty() && config.audit_logs.is_empty() {
+    pub fn new(
+        config: CollectorConfig,
+        checkpoints: &Checkpoints,
+        metrics: Arc<Metrics>,
+        pods: Option<SharedPods>,
+    ) -> Result<Tailer, Error> {
+        if config.container_globs.is_empty()
+            && config.audit_logs.is_empty()
+            && config.audit_webhook.is_none()
+        {
             return Err(Error::Config(
-                "nothing to tail: give --containers or --audit-log".into(),
+                "nothing to collect: give --containers, --audit-log or --audit-webhook".into(),
             ));
         }
         for pattern in config.container_globs.iter().chain(&config.audit_logs) {
@@ -108,7 +194,7 @@ impl Tailer {
         Ok(Tailer {
             resume: checkpoints
                 .all()
-                .map(|p| (p.fingerprint.clone(), p.offset))
+                .map(|p| (p.fingerprint.clone(), p.clone()))
                 .collect(),
             out: Output {
                 node: config.node.clone(),
@@ -118,9 +204,13 @@ impl Tailer {
                 batch_started: None,
                 positions: HashMap::new(),
                 merged: Vec::new(),
+                pods,
             },
             config,
             files: Vec::new(),
+            metrics,
+            scanned_siblings: false,
+            sizes_sampled: None,
         })
     }
 
@@ -143,8 +233,9 @@ impl Tailer {
                 self.discover();
                 last_scan = Some(Instant::now());
             }
-            let read_any = self.read_all();
+            let read_any = self.read_all(&tx);
             self.flush_stale_partials();
+            self.sample_sizes();
             if self.batch_due() && !self.seal(&tx) {
                 return Ok(());
             }
@@ -207,8 +298,29 @@ impl Tailer {
                     .map(|m| (m.dev(), m.ino()))
                     .ok()
                     != Some(file.dev_ino);
+            if file.orphaned {
+                file.orphaned_since.get_or_insert_with(Instant::now);
+            } else {
+                file.orphaned_since = None;
+                check_rewritten(file);
+            }
         }
-        for (path, kind) in seen {
+        // Once, at startup: files rotated while the collector was down may
+        // still hold unacknowledged lines; later rotations keep the open
+        // descriptor, so the live path needs no sibling scan.
+        let mut candidates = Vec::new();
+        if !self.scanned_siblings {
+            self.scanned_siblings = true;
+            for (path, kind) in &seen {
+                for sibling in rotated_siblings(path) {
+                    if !seen.iter().any(|(p, _)| *p == sibling) {
+                        candidates.push((sibling, *kind, true));
+                    }
+                }
+            }
+        }
+        let seen = seen.into_iter().map(|(p, k)| (p, k, false));
+        for (path, kind, rotated_candidate) in candidates.into_iter().chain(seen) {
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
@@ -219,15 +331,16 @@ impl Tailer {
             // The same file under another name (a symlink, or after a rename) is
             // tailed once.
             if let Some(existing) = self.files.iter_mut().find(|f| f.dev_ino == dev_ino) {
-                if existing.orphaned {
+                if existing.orphaned && !rotated_candidate {
                     existing.path = path;
                     existing.orphaned = false;
+                    existing.orphaned_since = None;
                 }
                 continue;
             }
             match File::open(&path) {
                 Ok(file) => {
-                    tracing::debug!(path = %path.display(), "tailing file");
+                    tracing::debug!(path = %path.display(), rotated_candidate, "tailing file");
                     let pod = (kind == Kind::Container).then(|| pod_ref(&path)).flatten();
                     self.files.push(TailedFile {
                         path,
@@ -235,6 +348,10 @@ impl Tailer {
                         file,
                         dev_ino,
                         fingerprint: None,
+                        head_hash: None,
+                        epoch: 0,
+                        previous: None,
+                        tail: Vec::new(),
                         buf: Vec::new(),
                         buf_offset: 0,
                         read_offset: 0,
@@ -243,7 +360,9 @@ impl Tailer {
                         format: None,
                         pod,
                         last_data: Instant::now(),
-                        orphaned: false,
+                        orphaned: rotated_candidate,
+                        orphaned_since: rotated_candidate.then(Instant::now),
+                        rotated_candidate,
                     });
                 }
                 Err(e) => {
@@ -251,33 +370,105 @@ impl Tailer {
                 }
             }
         }
+        self.metrics
+            .files_tracked
+            .store(self.files.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Samples the size of every tracked file for the checkpoint-lag gauge.
+    fn sample_sizes(&mut self) {
+        if self
+            .sizes_sampled
+            .is_some_and(|t| t.elapsed() < SIZES_EVERY)
+        {
+            return;
+        }
+        self.sizes_sampled = Some(Instant::now());
+        let sizes = self
+            .files
+            .iter()
+            .filter_map(|f| {
+                let fp = f.fingerprint.as_ref()?;
+                let len = f.file.metadata().ok()?.len();
+                Some((fp.clone(), len))
+            })
+            .collect();
+        self.metrics.set_sizes(sizes);
     }
 
     /// Reads what every file has appended. Returns whether anything was read.
-    fn read_all(&mut self) -> bool {
+    fn read_all(&mut self, tx: &mpsc::Sender<Batch>) -> bool {
         let mut any = false;
         let mut i = 0;
         while i < self.files.len() {
             let (read, at_eof) = self.read_file(i);
             any |= read;
+            // Seal as soon as the batch is full, not after a turn over every
+            // file: with hundreds of backlogged files a turn reads hundreds
+            // of MiB, which would all sit in one batch in memory.
+            if self.batch_due() {
+                let tracked = self.files.len();
+                if !self.seal(tx) {
+                    return any;
+                }
+                // Waiting to send may have given up on overdue files.
+                if self.files.len() != tracked {
+                    continue;
+                }
+            }
             let file = &self.files[i];
-            if file.orphaned && at_eof && file.merger.oldest_open_offset().is_none() {
-                tracing::debug!(path = %file.path.display(), "finished rotated or deleted file");
+            let unknown = file.rotated_candidate && file.fingerprint.is_none() && at_eof;
+            let finished = file.orphaned
+                && at_eof
+                && file.merger.oldest_open_offset().is_none()
+                && file.last_data.elapsed() >= ORPHAN_LINGER;
+            let overdue = file.orphaned
+                && file
+                    .orphaned_since
+                    .is_some_and(|t| t.elapsed() >= self.config.orphan_max_age);
+            if overdue && !finished && !unknown {
+                self.abandon(i);
+                continue;
+            }
+            if unknown || finished {
                 let mut done = self.files.swap_remove(i);
+                tracing::debug!(path = %done.path.display(), "finished rotated or deleted file");
                 self.out.flush_partials(&mut done);
                 continue;
             }
             i += 1;
         }
+        self.metrics
+            .files_tracked
+            .store(self.files.len() as u64, Ordering::Relaxed);
         any
     }
 
     fn read_file(&mut self, index: usize) -> (bool, bool) {
         let file = &mut self.files[index];
-        if file.fingerprint.is_none() && !identify(file, &self.config.node, &self.resume) {
-            return (false, true);
+        if file.fingerprint.is_none() {
+            match identify(file, &self.config.node, &self.resume) {
+                Identified::Yes => {}
+                Identified::Reset => {
+                    self.metrics.files_reset.fetch_add(1, Ordering::Relaxed);
+                }
+                Identified::NotYet => return (false, true),
+                Identified::Unknown => return (false, true),
+            }
         }
-        let mut chunk = vec![0u8; READ_CHUNK];
+        // Shorter than what was read: truncated (copytruncate) or replaced in place.
+        if file
+            .file
+            .metadata()
+            .is_ok_and(|m| m.len() < file.read_offset)
+        {
+            tracing::info!(path = %file.path.display(), offset = file.read_offset, "file truncated; reading it again from the start");
+            self.out.start_over(file);
+            self.metrics.files_reset.fetch_add(1, Ordering::Relaxed);
+            return (true, false);
+        }
+        let chunk_len = READ_CHUNK.min(self.config.batch_max_bytes.max(4096));
+        let mut chunk = vec![0u8; chunk_len];
         let n = match file
             .file
             .seek(SeekFrom::Start(file.read_offset))
@@ -294,9 +485,61 @@ impl Tailer {
         }
         file.read_offset += n as u64;
         file.buf.extend_from_slice(&chunk[..n]);
+        remember_tail(&mut file.tail, &chunk[..n]);
         file.last_data = Instant::now();
+        let per_kind = match file.kind {
+            Kind::Audit => &self.metrics.audit,
+            Kind::Container => &self.metrics.container,
+        };
+        per_kind.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        per_kind.lines.fetch_add(
+            memchr::memchr_iter(b'\n', &chunk[..n]).count() as u64,
+            Ordering::Relaxed,
+        );
         self.out.consume_lines(file);
-        (true, n < READ_CHUNK)
+        (true, n < chunk_len)
+    }
+
+    /// Lets go of a rotated or deleted file before its end, counting the
+    /// bytes left unread.
+    fn abandon(&mut self, index: usize) {
+        let mut done = self.files.swap_remove(index);
+        let len = done.file.metadata().map(|m| m.len()).unwrap_or(0);
+        let left = len.saturating_sub(done.buf_offset);
+        self.metrics
+            .bytes_abandoned
+            .fetch_add(left, Ordering::Relaxed);
+        tracing::warn!(path = %done.path.display(), bytes = left, "gave up on rotated or deleted file before its end");
+        self.out.flush_partials(&mut done);
+        self.metrics
+            .files_tracked
+            .store(self.files.len() as u64, Ordering::Relaxed);
+    }
+
+    /// While reading is paused, rotated or deleted files past their bound
+    /// are still let go, so that their disk space is freed in bounded time.
+    fn abandon_overdue(&mut self) {
+        for file in &mut self.files {
+            // Without a rescan, a path that names no file or another one
+            // still tells that this file was rotated or deleted.
+            if !file.orphaned
+                && std::fs::metadata(&file.path)
+                    .map(|m| (m.dev(), m.ino()))
+                    .ok()
+                    != Some(file.dev_ino)
+            {
+                file.orphaned = true;
+                file.orphaned_since = Some(Instant::now());
+            }
+        }
+        let max_age = self.config.orphan_max_age;
+        while let Some(i) = self
+            .files
+            .iter()
+            .position(|f| f.orphaned && f.orphaned_since.is_some_and(|t| t.elapsed() >= max_age))
+        {
+            self.abandon(i);
+        }
     }
 
     fn flush_stale_partials(&mut self) {
@@ -316,19 +559,36 @@ impl Tailer {
                 .is_some_and(|t| t.elapsed() >= self.config.batch_max_age)
     }
 
-    /// Sends the current batch. Returns false when the shipper is gone.
+    /// Sends the current batch, waiting while the shipper is busy (this is
+    /// where reading pauses when the indexer and the spool cannot keep up).
+    /// Returns false when the shipper is gone.
     fn seal(&mut self, tx: &mpsc::Sender<Batch>) -> bool {
         let out = &mut self.out;
         if out.writer.is_empty() {
             return true;
         }
-        let batch = Batch {
+        let mut batch = Batch {
             records: out.writer.records(),
             ndjson: out.writer.take(),
             positions: out.positions.drain().map(|(_, p)| p).collect(),
+            durable: None,
         };
         out.batch_started = None;
-        tx.blocking_send(batch).is_ok()
+        let mut waiting_since = Instant::now();
+        loop {
+            match tx.try_send(batch) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(mpsc::error::TrySendError::Full(b)) => {
+                    batch = b;
+                    if waiting_since.elapsed() >= ORPHAN_CHECK_EVERY {
+                        waiting_since = Instant::now();
+                        self.abandon_overdue();
+                    }
+                    std::thread::sleep(SEND_WAIT);
+                }
+            }
+        }
     }
 }
 
@@ -389,8 +649,24 @@ impl Output {
                 fingerprint: fp.clone(),
                 path: file.path.display().to_string(),
                 offset: safe,
+                epoch: file.epoch,
+                tail_hash: tail_hash(&file.file, safe),
+                head_hash: file.head_hash.clone(),
             },
         );
+    }
+
+    /// The file was truncated or rewritten: what was open is flushed, and
+    /// the file is identified and read again from its start.
+    fn start_over(&mut self, file: &mut TailedFile) {
+        self.flush_partials(file);
+        file.previous = file.fingerprint.take().map(|fp| (fp, file.epoch));
+        file.buf.clear();
+        file.tail.clear();
+        file.buf_offset = 0;
+        file.read_offset = 0;
+        file.oversized_pieces = 0;
+        file.format = None;
     }
 
     fn handle_line(&mut self, file: &mut TailedFile, offset: u64, line: &[u8]) {
@@ -490,10 +766,14 @@ impl Output {
             flags,
             None,
         );
-        let record = envelope.with_event(ContainerEvent {
+        let meta = self.pod_meta(file);
+        let record = envelope.with_event(ContainerBody {
             message,
             stream: Some(line.stream),
-            kubernetes: file.pod.as_ref(),
+            kubernetes: file.pod.as_ref().map(|pod| Kubernetes {
+                pod,
+                meta: meta.as_deref(),
+            }),
         });
         if let Err(e) = self.writer.push(&record) {
             tracing::error!(error = %e, "cannot encode container line");
@@ -548,9 +828,14 @@ impl Output {
             flags,
             error,
         );
-        let record = envelope.with_event(RawEvent {
+        let meta = self.pod_meta(file);
+        let record = envelope.with_event(ContainerBody {
             message: std::borrow::Cow::Borrowed(text),
-            kubernetes: file.pod.as_ref(),
+            stream: None,
+            kubernetes: file.pod.as_ref().map(|pod| Kubernetes {
+                pod,
+                meta: meta.as_deref(),
+            }),
         });
         if let Err(e) = self.writer.push(&record) {
             tracing::error!(error = %e, "cannot encode raw line");
@@ -571,10 +856,15 @@ impl Output {
         parse_error: Option<String>,
     ) -> RawRecord {
         let fp = file.fingerprint.as_deref().unwrap_or("unidentified");
-        let id = if piece > 0 {
-            format!("{fp}:{offset}.{piece}{suffix}")
+        let epoch = if file.epoch > 0 {
+            format!("~{}", file.epoch)
         } else {
-            format!("{fp}:{offset}{suffix}")
+            String::new()
+        };
+        let id = if piece > 0 {
+            format!("{fp}{epoch}:{offset}.{piece}{suffix}")
+        } else {
+            format!("{fp}{epoch}:{offset}{suffix}")
         };
         Record {
             id,
@@ -590,6 +880,12 @@ impl Output {
         }
     }
 
+    /// The API's metadata of the file's pod, if known.
+    fn pod_meta(&self, file: &TailedFile) -> Option<Arc<PodMeta>> {
+        let pod = file.pod.as_ref()?;
+        self.pods.as_ref()?.read().ok()?.lookup(pod)
+    }
+
     fn flush_partials(&mut self, file: &mut TailedFile) {
         let mut merged = std::mem::take(&mut self.merged);
         file.merger.flush(&mut merged);
@@ -601,32 +897,166 @@ impl Output {
     }
 }
 
+enum Identified {
+    /// Identified; reading resumes where the checkpoints say.
+    Yes,
+    /// Identified, but the bytes before the saved position changed: read
+    /// again from the start in a new epoch.
+    Reset,
+    /// Too short to identify yet.
+    NotYet,
+    /// A rotated sibling that cannot be identified (no complete first line).
+    Unknown,
+}
+
 /// Reads the head of a new file to fingerprint it, and finds where to resume.
-/// Returns false while the file is too short to identify.
-fn identify(file: &mut TailedFile, node: &str, resume: &HashMap<String, u64>) -> bool {
+fn identify(
+    file: &mut TailedFile,
+    node: &str,
+    resume: &HashMap<String, FilePosition>,
+) -> Identified {
     let mut head = vec![0u8; HEAD_BYTES];
-    let n = match file
-        .file
-        .seek(SeekFrom::Start(0))
-        .and_then(|_| file.file.read(&mut head))
-    {
+    let n = match file.file.read_at(&mut head, 0) {
         Ok(n) => n,
-        Err(_) => return false,
+        Err(_) => return Identified::NotYet,
     };
     let head = &head[..n];
     // Until the first line is complete the head may still change.
     let head = match memchr::memchr(b'\n', head) {
         Some(end) => &head[..=end],
         None if n == HEAD_BYTES => head,
-        None => return false,
+        None if file.rotated_candidate => return Identified::Unknown,
+        None => return Identified::NotYet,
     };
     let fp = fingerprint(node, file.dev_ino, head);
-    let offset = resume.get(&fp).copied().unwrap_or(0);
-    tracing::debug!(path = %file.path.display(), fingerprint = %fp, offset, "identified file");
+    let head_hash = {
+        let mut h = Fnv64::new();
+        h.write(head);
+        format!("{:016x}", h.0)
+    };
+    // After a truncation the same fingerprint means the same first line
+    // with other content after it: a new epoch keeps the ids apart.
+    let after_truncation = file
+        .previous
+        .take()
+        .filter(|(old, _)| *old == fp)
+        .map(|(_, epoch)| epoch + 1);
+    let mut saved = resume.get(&fp);
+    if file.rotated_candidate && saved.is_none() {
+        // A copy (copytruncate's) of a file that was being read: resume
+        // where that file was, if the bytes there are the same.
+        saved = resume.values().find(|p| {
+            p.head_hash.as_deref() == Some(head_hash.as_str())
+                && p.tail_hash.is_some()
+                && tail_hash(&file.file, p.offset) == p.tail_hash
+        });
+        if let Some(original) = saved {
+            tracing::info!(path = %file.path.display(), offset = original.offset, "rotated copy of a file read before; resuming where it was");
+        }
+    }
+    let mut outcome = Identified::Yes;
+    let (epoch, offset) = match (after_truncation, saved) {
+        (Some(epoch), saved) => (epoch.max(saved.map_or(0, |s| s.epoch + 1)), 0),
+        (None, None) => (0, 0),
+        (None, Some(saved)) => {
+            let len = file.file.metadata().map(|m| m.len()).unwrap_or(0);
+            let same = saved.offset <= len
+                && (saved.tail_hash.is_none()
+                    || tail_hash(&file.file, saved.offset) == saved.tail_hash);
+            if same {
+                (saved.epoch, saved.offset)
+            } else {
+                tracing::info!(path = %file.path.display(), offset = saved.offset, len, "file truncated or rewritten since the checkpoint; reading it again from the start");
+                outcome = Identified::Reset;
+                (saved.epoch + 1, 0)
+            }
+        }
+    };
+    tracing::debug!(path = %file.path.display(), fingerprint = %fp, epoch, offset, "identified file");
     file.fingerprint = Some(fp);
+    file.head_hash = Some(head_hash);
+    file.epoch = epoch;
     file.read_offset = offset;
     file.buf_offset = offset;
-    true
+    file.tail.clear();
+    if offset > 0 {
+        let start = offset.saturating_sub(TAIL_BYTES as u64);
+        let mut tail = vec![0u8; (offset - start) as usize];
+        if file.file.read_exact_at(&mut tail, start).is_ok() {
+            file.tail = tail;
+        }
+    }
+    outcome
+}
+
+/// Whether the bytes before the read position are still those that were
+/// read; if not (copytruncate followed by quick writes, or an in-place
+/// rewrite), the file is read again from its start.
+fn check_rewritten(file: &mut TailedFile) {
+    if file.tail.is_empty() || file.fingerprint.is_none() {
+        return;
+    }
+    let start = file.read_offset - file.tail.len() as u64;
+    let mut now = vec![0u8; file.tail.len()];
+    let same = file.file.read_exact_at(&mut now, start).is_ok() && now == file.tail;
+    if !same {
+        // Shrinking is handled (and counted) where reads happen; this makes
+        // the next read see a file "shorter" than its position.
+        tracing::info!(path = %file.path.display(), "file rewritten in place; reading it again from the start");
+        file.read_offset = u64::MAX;
+    }
+}
+
+/// Keeps the last [`TAIL_BYTES`] bytes read.
+fn remember_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
+    if chunk.len() >= TAIL_BYTES {
+        tail.clear();
+        tail.extend_from_slice(&chunk[chunk.len() - TAIL_BYTES..]);
+    } else {
+        tail.extend_from_slice(chunk);
+        let excess = tail.len().saturating_sub(TAIL_BYTES);
+        tail.drain(..excess);
+    }
+}
+
+/// Hash of up to [`TAIL_BYTES`] bytes before `offset` (None at offset 0 or
+/// when they cannot be read).
+fn tail_hash(file: &File, offset: u64) -> Option<String> {
+    if offset == 0 {
+        return None;
+    }
+    let start = offset.saturating_sub(TAIL_BYTES as u64);
+    let mut bytes = vec![0u8; (offset - start) as usize];
+    file.read_exact_at(&mut bytes, start).ok()?;
+    let mut h = Fnv64::new();
+    h.write(&bytes);
+    Some(format!("{:016x}", h.0))
+}
+
+/// Rotated siblings of a tailed file, uncompressed: kubelet's
+/// `<n>.log.<timestamp>` and the API server's `audit-<timestamp>.log`.
+/// Symlinks (`/var/log/containers`) are followed to where kubelet rotates.
+fn rotated_siblings(path: &Path) -> Vec<PathBuf> {
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let (Some(dir), Some(name)) = (real.parent(), real.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let stem = name.strip_suffix(".log").unwrap_or(name);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().into_string().ok()?;
+            let rest = n.strip_prefix(stem)?;
+            let rotated = (rest.starts_with('.') || rest.starts_with('-'))
+                && n != name
+                && !n.ends_with(".gz")
+                && !n.ends_with(".tmp");
+            rotated.then(|| e.path())
+        })
+        .collect()
 }
 
 /// A file's identity: node, device and inode, and its first line, so that

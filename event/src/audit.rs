@@ -108,6 +108,75 @@ pub fn parse_body(body: &str) -> Result<Vec<Parsed<'_>>, Error> {
     }
 }
 
+/// The records of one webhook body (see [`parse_body`]), as a batch: one
+/// record per event, with source `audit`, the given cluster and node, and
+/// the id `audit:<auditID>:<stage>` so that a body the API server sends
+/// again is recognised as a replay. Items that are not events are kept raw
+/// and flagged, with an id from a hash of their text.
+pub fn webhook_batch(
+    body: &str,
+    cluster: Option<&str>,
+    node: Option<&str>,
+) -> Result<crate::wire::BatchWriter, Error> {
+    #[derive(Deserialize)]
+    #[allow(non_snake_case)]
+    struct Ids<'a> {
+        #[serde(default, borrow)]
+        auditID: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        stage: Option<Cow<'a, str>>,
+    }
+    let mut writer = crate::wire::BatchWriter::new();
+    for item in parse_body(body)? {
+        let (raw, timestamp, error) = match item {
+            Parsed::Event { raw, timestamp } => (raw, timestamp, None),
+            Parsed::Invalid { raw, error } => (raw, None, Some(error.to_string())),
+        };
+        let ids: Option<Ids<'_>> = serde_json::from_str(raw).ok();
+        let id = match ids {
+            Some(Ids {
+                auditID: Some(audit_id),
+                stage,
+            }) if error.is_none() => format!("audit:{audit_id}:{}", stage.unwrap_or_default()),
+            _ => format!("audit:raw:{:016x}", fnv64(raw.as_bytes())),
+        };
+        let mut flags = Vec::new();
+        if error.is_some() {
+            flags.push(crate::Flag::ParseError);
+        }
+        let timestamp = timestamp.unwrap_or_else(|| {
+            flags.push(crate::Flag::TimeInferred);
+            Utc::now()
+        });
+        let envelope = crate::Record {
+            id,
+            source: crate::SourceKind::Audit,
+            timestamp,
+            cluster: cluster.map(str::to_owned),
+            node: node.map(str::to_owned),
+            flags,
+            parse_error: error.clone(),
+            file: None,
+            offset: None,
+            event: (),
+        };
+        let pushed = if error.is_some() {
+            writer.push(&envelope.with_event(serde_json::json!({ "message": raw })))
+        } else {
+            writer.push_raw(&envelope, raw)
+        };
+        pushed.map_err(|e| Error::Audit(e.to_string()))?;
+    }
+    Ok(writer)
+}
+
+/// FNV-1a, stable across platforms and Rust versions (ids are stored).
+fn fnv64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 fn parse_item(raw: &str) -> Parsed<'_> {
     match probe(raw) {
         Ok(Probed::Event(timestamp)) => Parsed::Event { raw, timestamp },
@@ -192,5 +261,23 @@ mod tests {
         assert!(matches!(items[1], Parsed::Invalid { .. }));
         assert!(parse_body("not json").is_err());
         assert_eq!(parse_body(EVENT).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn webhook_batch_ids_survive_resends() {
+        let body = format!("{{\"kind\":\"EventList\",\"items\":[{EVENT},{{\"kind\":3}}]}}");
+        let decode = |w: crate::wire::BatchWriter| {
+            let mut w = w;
+            crate::wire::decode(&w.take()).unwrap()
+        };
+        let a = decode(webhook_batch(&body, Some("prod"), None).unwrap());
+        let b = decode(webhook_batch(&body, Some("prod"), None).unwrap());
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].id, "audit:a1:ResponseComplete");
+        assert_eq!(a[0].cluster.as_deref(), Some("prod"));
+        assert_eq!(a[0].event["verb"], "get");
+        assert!(a[1].has_flag(crate::Flag::ParseError));
+        assert_eq!(a[1].id, b[1].id, "a resent invalid item keeps its id");
+        assert!(webhook_batch("{", None, None).is_err());
     }
 }

@@ -19,6 +19,8 @@ pub const CONTENT_ENCODING: &str = "zstd";
 /// The largest zstd window a batch may use (2^27 = 128 MiB is zstd's own
 /// default cap for decoders; Ward's encoders use far less).
 const MAX_WINDOW_LOG: u32 = 27;
+/// zstd's smallest window (1 KiB).
+const MIN_WINDOW_LOG: u32 = 10;
 
 /// A record whose event body is spliced in as raw JSON text.
 pub type RawRecord = Record<()>;
@@ -110,8 +112,13 @@ pub fn compress(ndjson: &[u8], level: i32) -> Vec<u8> {
 pub fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
     let mut decoder =
         zstd::stream::read::Decoder::new(body).map_err(|e| Error::Compression(e.to_string()))?;
+    // The window a frame may ask for is capped by the limit too: a frame of
+    // a few bytes that declares a 128 MiB window and no content size would
+    // otherwise make the decoder allocate that window before producing any
+    // output (found by the `ingest_body` fuzz target).
+    let limit_log = usize::BITS - limit.max(1).saturating_sub(1).leading_zeros();
     decoder
-        .window_log_max(MAX_WINDOW_LOG)
+        .window_log_max(limit_log.clamp(MIN_WINDOW_LOG, MAX_WINDOW_LOG))
         .map_err(|e| Error::Compression(e.to_string()))?;
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
     // Read one byte past the limit to tell "exactly at" from "over".
@@ -210,6 +217,20 @@ mod tests {
             decompress(&z[..z.len() / 2], 1 << 20),
             Err(Error::Compression(_))
         ));
+    }
+
+    #[test]
+    fn regression_large_window_frame_is_refused_under_a_small_limit() {
+        // A frame whose window (16 MiB) is far above a 64 KiB limit, with
+        // no content size in its header.
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.window_log(24).unwrap();
+        enc.include_contentsize(false).unwrap();
+        std::io::Write::write_all(&mut enc, &vec![7u8; 1 << 20]).unwrap();
+        let frame = enc.finish().unwrap();
+        assert!(decompress(&frame, 64 * 1024).is_err());
+        // The same bytes under a limit that fits their window are fine.
+        assert_eq!(decompress(&frame, 32 << 20).unwrap().len(), 1 << 20);
     }
 
     #[test]

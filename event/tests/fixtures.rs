@@ -1,5 +1,8 @@
 //! The audit parser on real API server events from the shared fixtures.
 
+// Test helpers outside #[test] functions may unwrap too: a panic is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use ward_event::audit::{Parsed, parse_line};

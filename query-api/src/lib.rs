@@ -4,9 +4,12 @@
 //! Handlers are thin: they parse parameters, call the store, and turn
 //! [`ApiError`] into a status code in one place ([`error`]).
 
+pub mod auth;
 mod error;
 mod ingest;
 mod search;
+pub mod tls;
+mod webhook;
 
 use std::sync::Arc;
 
@@ -37,29 +40,81 @@ impl Default for ApiConfig {
     }
 }
 
+/// Who may send events, and defaults for the audit webhook.
+#[derive(Debug, Clone, Default)]
+pub struct ApiOptions {
+    /// When set, ingest endpoints need `Authorization: Bearer <token>` of
+    /// an ingest (or admin) role; see [`auth`].
+    pub tokens: Option<Arc<auth::Tokens>>,
+    /// Cluster recorded on webhook events that do not name one (`?cluster=`).
+    pub cluster: Option<String>,
+}
+
 #[derive(Clone)]
 pub(crate) struct AppState {
     store: Store,
     config: Arc<ApiConfig>,
+    options: Arc<ApiOptions>,
 }
 
 /// The whole API as one router.
 pub fn router(store: Store, config: ApiConfig) -> Router {
+    router_with(store, config, ApiOptions::default())
+}
+
+/// The whole API, with ingest authentication and webhook defaults.
+pub fn router_with(store: Store, config: ApiConfig, options: ApiOptions) -> Router {
     let body_limit = config.max_body_bytes;
     let state = AppState {
         store,
         config: Arc::new(config),
+        options: Arc::new(options),
     };
+    let ingest_auth = axum::middleware::from_fn_with_state(state.clone(), require_ingest_token);
+    let declared_size =
+        axum::middleware::from_fn_with_state(state.clone(), webhook::reject_declared_oversize);
     Router::new()
         .route(
             "/api/v1/ingest",
-            post(ingest::ingest).layer(DefaultBodyLimit::max(body_limit)),
+            post(ingest::ingest)
+                .layer(DefaultBodyLimit::max(body_limit))
+                .layer(declared_size.clone())
+                .layer(ingest_auth.clone()),
+        )
+        .route(
+            "/api/v1/k8s/audit",
+            post(webhook::audit)
+                .layer(DefaultBodyLimit::max(body_limit))
+                .layer(declared_size)
+                .layer(ingest_auth),
         )
         .route("/api/v1/search", get(search::search))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
         .fallback(get(dashboard))
         .with_state(state)
+}
+
+/// With a tokens file configured, only ingest and admin tokens may send events.
+async fn require_ingest_token(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(tokens) = &state.options.tokens {
+        let header = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if !tokens
+            .role_of_header(header)
+            .is_some_and(auth::Role::may_ingest)
+        {
+            tracing::info!(path = %request.uri().path(), "ingest without a valid token refused");
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(request).await
 }
 
 async fn dashboard(uri: axum::http::Uri) -> Response {

@@ -206,3 +206,335 @@ pub fn fixtures() -> PathBuf {
     assert!(dir.is_dir(), "shared fixtures missing at {}", dir.display());
     dir
 }
+
+impl Client {
+    /// A client of `base` that uses `http` (for TLS: a CA, a client certificate).
+    pub fn with_http(base: impl Into<String>, http: reqwest::blocking::Client) -> Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Client {
+            base: base.into(),
+            http,
+        }
+    }
+
+    /// The underlying HTTP client, for requests other than search.
+    pub fn http(&self) -> &reqwest::blocking::Client {
+        &self.http
+    }
+}
+
+/// Starts `ward indexer` on `127.0.0.1:port` with its data in `<dir>/data`.
+pub fn start_indexer(name: &str, dir: &Path, port: u16, extra: &[String]) -> Process {
+    let mut args = vec![
+        "indexer".to_string(),
+        "--data".into(),
+        dir.join("data").display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    args.extend_from_slice(extra);
+    Process::start(name, dir, &args)
+}
+
+/// The samples of a Prometheus text page, by name with labels (`name{a="b"}`).
+pub fn scrape(url: &str) -> Option<std::collections::HashMap<String, f64>> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let text = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .ok()?
+        .get(url)
+        .send()
+        .ok()?
+        .text()
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+/// Polls `check` every 100 ms until it returns Some, or panics after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Certificates made at test time with the `openssl` command: a CA, a
+/// server certificate for 127.0.0.1 and a client certificate, all issued by
+/// the CA, plus a second CA that issued nothing the server trusts.
+pub struct TestPki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub rogue_client_cert: PathBuf,
+    pub rogue_client_key: PathBuf,
+}
+
+impl TestPki {
+    pub fn generate(dir: &Path) -> TestPki {
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ca = |name: &str| {
+            run(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+        };
+        let leaf = |name: &str, issuer: &str, ext: &str| {
+            run(&[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ]);
+            std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext file");
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{issuer}.crt"),
+                "-CAkey",
+                &format!("{issuer}.key"),
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ]);
+        };
+        ca("ca");
+        ca("rogue-ca");
+        leaf(
+            "server",
+            "ca",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+        );
+        leaf(
+            "client",
+            "ca",
+            "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+        );
+        leaf(
+            "rogue-client",
+            "rogue-ca",
+            "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+        );
+        TestPki {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+            rogue_client_cert: dir.join("rogue-client.crt"),
+            rogue_client_key: dir.join("rogue-client.key"),
+        }
+    }
+
+    /// A blocking HTTPS client that trusts the test CA, with the given
+    /// client certificate and key (or none).
+    pub fn client(&self, identity: Option<(&Path, &Path)>) -> reqwest::blocking::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = std::fs::read(&self.ca).expect("read ca");
+        let mut builder = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).expect("ca pem"));
+        if let Some((cert, key)) = identity {
+            let mut pem = std::fs::read(cert).expect("read cert");
+            pem.extend(std::fs::read(key).expect("read key"));
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).expect("identity"));
+        }
+        builder.build().expect("https client")
+    }
+}
+
+/// Appends `text` to `path`, creating the file and its folders.
+pub fn append(path: &Path, text: &[u8]) {
+    use std::io::Write;
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open for append");
+    f.write_all(text).expect("append");
+}
+
+/// An indexer and a collector over `<dir>/logs`, on free loopback ports,
+/// started and stopped by the test. The collector tails
+/// `logs/pods/*/*/*.log` and `logs/audit/audit.log`, seals batches after
+/// 100 ms and serves metrics.
+pub struct Rig {
+    // Processes first: fields drop in order, and they must stop (and show
+    // their logs on failure) before the folder goes.
+    pub indexer: Option<Process>,
+    pub collector: Option<Process>,
+    pub client: Client,
+    pub root: PathBuf,
+    pub port: u16,
+    pub url: String,
+    pub metrics_port: u16,
+    starts: usize,
+    pub dir: tempfile::TempDir,
+}
+
+impl Rig {
+    pub fn new() -> Rig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("logs");
+        std::fs::create_dir_all(&root).expect("logs dir");
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        Rig {
+            root,
+            port,
+            client: Client::new(&url),
+            url,
+            metrics_port: free_port(),
+            indexer: None,
+            collector: None,
+            dir,
+            starts: 0,
+        }
+    }
+
+    pub fn start_indexer(&mut self) {
+        self.starts += 1;
+        let name = format!("indexer-{}", self.starts);
+        self.indexer = Some(start_indexer(&name, self.dir.path(), self.port, &[]));
+        self.client.wait_healthy(Duration::from_secs(60));
+    }
+
+    pub fn collector_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "collector",
+            "--indexer",
+            &self.url,
+            "--state",
+            &self.dir.path().join("state").display().to_string(),
+            "--containers",
+            &self.root.join("pods/*/*/*.log").display().to_string(),
+            "--audit-log",
+            &self.root.join("audit/audit.log").display().to_string(),
+            "--node",
+            "e2e-node-1",
+            "--cluster",
+            "e2e",
+            "--batch-max-age-ms",
+            "100",
+            "--metrics-listen",
+            &format!("127.0.0.1:{}", self.metrics_port),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    pub fn start_collector(&mut self, extra: &[&str]) {
+        self.starts += 1;
+        let name = format!("collector-{}", self.starts);
+        let args = self.collector_args(extra);
+        self.collector = Some(Process::start(&name, self.dir.path(), &args));
+        wait_until("collector metrics", Duration::from_secs(60), || {
+            scrape(&self.metrics_url())
+        });
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.metrics_port)
+    }
+
+    /// One metric sample of the running collector.
+    pub fn metric(&self, name: &str) -> f64 {
+        scrape(&self.metrics_url())
+            .and_then(|m| m.get(name).copied())
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+
+    /// Message → how many times it was indexed, for one query.
+    pub fn messages(&self, q: &str) -> std::collections::BTreeMap<String, usize> {
+        let body = self.client.search(q, 10_000);
+        let mut counts = std::collections::BTreeMap::new();
+        for hit in body["hits"].as_array().expect("hits") {
+            *counts
+                .entry(hit["message"].as_str().unwrap_or_default().to_owned())
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+impl Default for Rig {
+    fn default() -> Self {
+        Rig::new()
+    }
+}
+
+/// CRI lines `<prefix> <i>` for every i in `range`, stdout, complete.
+pub fn cri_lines(prefix: &str, range: std::ops::Range<usize>) -> String {
+    range
+        .map(|i| {
+            format!(
+                "2024-05-01T10:{:02}:{:02}.{:09}Z stdout F {prefix} {i}\n",
+                (i / 60) % 60,
+                i % 60,
+                i
+            )
+        })
+        .collect()
+}

@@ -36,7 +36,8 @@ enum Command {
     /// Run the indexer: ingest, storage, search API and dashboard.
     Indexer(IndexerArgs),
     /// Run the node collector: tail logs and ship them to the indexer.
-    Collector(CollectorArgs),
+    // Boxed: its many flags make it much larger than the other variants.
+    Collector(Box<CollectorArgs>),
     /// Search an indexer.
     Search(search::SearchArgs),
     /// Work with detection rules.
@@ -76,6 +77,49 @@ struct IndexerArgs {
     data: PathBuf,
     #[arg(long, default_value = "127.0.0.1:7171")]
     listen: SocketAddr,
+    /// PEM certificate chain to serve TLS with (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle: clients must present a certificate it issued (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Bearer tokens, one `<role>:<token>` per line; when given, ingest and
+    /// the audit webhook need a collector, audit-webhook, ingest or admin token.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Cluster recorded on audit webhook events that do not name one with `?cluster=`.
+    #[arg(long)]
+    cluster: Option<String>,
+}
+
+impl IndexerArgs {
+    fn security(&self) -> anyhow::Result<serve::Security> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(ward_query_api::tls::server_config(
+                cert,
+                key,
+                self.client_ca.as_deref(),
+            )?),
+            _ => None,
+        };
+        let tokens = self
+            .tokens
+            .as_deref()
+            .map(ward_query_api::auth::Tokens::load)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--tokens: {e}"))?
+            .map(std::sync::Arc::new);
+        Ok(serve::Security {
+            tls,
+            options: ward_query_api::ApiOptions {
+                tokens,
+                cluster: self.cluster.clone(),
+            },
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -104,10 +148,47 @@ struct CollectorArgs {
     /// Seal a batch at this many uncompressed bytes.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     batch_max_bytes: usize,
+    /// PEM CA bundle the indexer's certificate must chain to (instead of the system roots).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (needs --client-key).
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// File holding the bearer token sent to the indexer.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Accept the API server's audit webhook on this address (`POST /api/v1/k8s/audit`).
+    #[arg(long)]
+    audit_webhook: Option<SocketAddr>,
+    /// Serve Prometheus metrics on this address (`GET /metrics`).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Add pod labels, allow-listed annotations, owner and node from the
+    /// Kubernetes API (in a pod: its service account's API server, token and CA).
+    #[arg(long)]
+    kube_metadata: bool,
+    /// API server URL for --kube-metadata outside a pod (no token, system roots).
+    #[arg(long, requires = "kube_metadata")]
+    kube_api_server: Option<String>,
+    /// Annotation key copied onto records with --kube-metadata (repeatable).
+    #[arg(long = "kube-annotation")]
+    kube_annotations: Vec<String>,
+    /// Largest size of the on-disk spool of batches the indexer could not take yet.
+    #[arg(long, default_value_t = 512 * 1024 * 1024)]
+    spool_max_bytes: u64,
+    /// When the spool is full: `block` (pause reading, lose nothing) or `drop` (counted).
+    #[arg(long, default_value = "block")]
+    spool_full: ward_collector::SpoolFull,
+    /// Give up on a rotated or deleted file not read to its end after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    orphan_max_age_secs: u64,
 }
 
 impl CollectorArgs {
-    fn into_config(self) -> CollectorConfig {
+    fn into_config(self) -> anyhow::Result<CollectorConfig> {
         let mut config = CollectorConfig::new(self.indexer, self.state);
         config.container_globs = self.containers;
         config.audit_logs = self.audit_log;
@@ -117,7 +198,26 @@ impl CollectorArgs {
         config.cluster = self.cluster;
         config.batch_max_age = Duration::from_millis(self.batch_max_age_ms);
         config.batch_max_bytes = self.batch_max_bytes;
-        config
+        config.ca_file = self.ca_file;
+        config.client_cert = self.client_cert;
+        config.client_key = self.client_key;
+        config.token_file = self.token_file;
+        config.audit_webhook = self.audit_webhook;
+        config.metrics_listen = self.metrics_listen;
+        config.kube_api = match (self.kube_metadata, self.kube_api_server) {
+            (false, _) => None,
+            (true, Some(server)) => Some(ward_collector::kube::KubeApi {
+                server,
+                token_file: None,
+                ca_file: None,
+            }),
+            (true, None) => Some(ward_collector::kube::KubeApi::in_cluster()?),
+        };
+        config.kube_annotations = self.kube_annotations;
+        config.spool_max_bytes = self.spool_max_bytes;
+        config.spool_full = self.spool_full;
+        config.orphan_max_age = Duration::from_secs(self.orphan_max_age_secs);
+        Ok(config)
     }
 }
 
@@ -147,10 +247,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Up(args) => up(args).await,
             Command::Indexer(args) => {
-                serve::indexer(&args.data, args.listen, serve::shutdown_signal()).await
+                let security = args.security()?;
+                serve::indexer_with(&args.data, args.listen, security, serve::shutdown_signal())
+                    .await
             }
             Command::Collector(args) => {
-                ward_collector::run(args.into_config(), serve::shutdown_signal())
+                ward_collector::run((*args).into_config()?, serve::shutdown_signal())
                     .await
                     .context("collector failed")
             }

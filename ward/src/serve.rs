@@ -6,7 +6,15 @@ use std::path::Path;
 
 use anyhow::Context;
 use ward_indexer::{Store, StoreConfig};
-use ward_query_api::{ApiConfig, router};
+use ward_query_api::{ApiConfig, ApiOptions, router_with};
+
+/// TLS and tokens of the indexer's listener (`--tls-cert`, `--tls-key`,
+/// `--client-ca`, `--tokens`) and the webhook's default cluster.
+#[derive(Debug, Default)]
+pub struct Security {
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    pub options: ApiOptions,
+}
 
 /// Serves the API until `shutdown` resolves; then stops accepting, lets
 /// requests in flight finish, and commits what the writer holds.
@@ -15,16 +23,37 @@ pub async fn indexer(
     listen: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    indexer_with(data, listen, Security::default(), shutdown).await
+}
+
+/// [`indexer`], with TLS and ingest tokens when configured.
+pub async fn indexer_with(
+    data: &Path,
+    listen: SocketAddr,
+    security: Security,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let store = Store::open(StoreConfig::new(data))
         .with_context(|| format!("cannot open the index in {}", data.display()))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(listen = %listener.local_addr().unwrap_or(listen), data = %data.display(), "indexer listening");
-    axum::serve(listener, router(store.clone(), ApiConfig::default()))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server failed")?;
+    tracing::info!(listen = %listener.local_addr().unwrap_or(listen), data = %data.display(), tls = security.tls.is_some(), tokens = security.options.tokens.is_some(), "indexer listening");
+    let app = router_with(store.clone(), ApiConfig::default(), security.options);
+    match security.tls {
+        Some(tls) => {
+            let listener = ward_query_api::tls::TlsListener::new(listener, tls)
+                .context("cannot start the tls listener")?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("server failed")?;
+        }
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("server failed")?,
+    }
     store.shutdown().await;
     tracing::info!("indexer stopped");
     Ok(())
