@@ -2,6 +2,9 @@
 //! each query operator selects exactly the events an independent reading of
 //! the JSON says it should.
 
+// Test helpers outside #[test] functions may unwrap too: a panic is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -104,6 +107,9 @@ fn expected(
         .collect()
 }
 
+/// Which events a query must select, read straight from the JSON.
+type Predicate = Box<dyn Fn(&Map<String, Value>) -> bool>;
+
 fn str_at<'a>(e: &'a Map<String, Value>, path: &str) -> Option<&'a str> {
     lookup(e, path).and_then(Value::as_str)
 }
@@ -153,7 +159,7 @@ async fn every_event_is_stored_whole_and_searchable_by_field() {
     let parsed: Vec<DateTime<Utc>> = times.iter().map(|t| t.parse().unwrap()).collect();
     assert!(parsed.windows(2).all(|w| w[0] >= w[1]));
 
-    let cases: Vec<(&str, Box<dyn Fn(&Map<String, Value>) -> bool>)> = vec![
+    let cases: Vec<(&str, Predicate)> = vec![
         (
             "verb:create",
             Box::new(|e| str_at(e, "verb") == Some("create")),

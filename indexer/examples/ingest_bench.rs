@@ -1,0 +1,273 @@
+//! One-shot ingest benchmark: Ward's end-to-end ingest against raw tantivy
+//! indexing of the same documents, measured in one run on this machine.
+//!
+//! ```text
+//! cargo run --release -p ward-indexer --example ingest_bench -- --events 1000000
+//! ```
+//!
+//! Options: `--events N` (1,000,000), `--senders N` (batches in flight, 4),
+//! `--threads N` and `--heap-mib N` (tantivy writer, Ward's defaults),
+//! `--commit-ms N` (Ward's group commit interval, 250), `--dir PATH`
+//! (where the indexes are written; a temporary directory by default),
+//! `--only ward|raw`.
+//!
+//! See `benches/support/mod.rs` for what each path does, and BENCHMARKS.md
+//! for results.
+
+#[path = "../benches/support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use support::{Measured, Settings};
+use ward_indexer::schema::WardSchema;
+
+struct Args {
+    events: usize,
+    settings: Settings,
+    dir: Option<std::path::PathBuf>,
+    only: Option<String>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        events: 1_000_000,
+        settings: Settings::default(),
+        dir: None,
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
+        };
+        let number = |v: String| -> usize { v.parse().unwrap_or_else(|_| usage("not a number")) };
+        match flag.as_str() {
+            "--events" => args.events = number(value()),
+            "--senders" => args.settings.senders = number(value()),
+            "--threads" => args.settings.writer_threads = number(value()),
+            "--heap-mib" => args.settings.writer_heap_bytes = number(value()) * 1024 * 1024,
+            "--commit-ms" => {
+                args.settings.commit_interval = Duration::from_millis(number(value()) as u64)
+            }
+            "--dir" => args.dir = Some(value().into()),
+            "--only" => args.only = Some(value()),
+            "--bench" => {} // passed by `cargo bench`-style runners
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    args
+}
+
+fn usage(reason: &str) -> ! {
+    eprintln!(
+        "{reason}\nusage: ingest_bench [--events N] [--senders N] [--threads N] [--heap-mib N] [--commit-ms N] [--dir PATH] [--only ward|raw]"
+    );
+    std::process::exit(2)
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+        .map_or("unknown", |(_, m)| m.trim())
+        .to_owned();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem = meminfo.lines().next().unwrap_or("").to_owned();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!(
+        "{cores} cores, {model}, {}",
+        mem.split_whitespace().collect::<Vec<_>>().join(" ")
+    )
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+struct Row {
+    name: &'static str,
+    m: Measured,
+}
+
+fn main() {
+    let args = parse_args();
+    let s = args.settings;
+    println!("machine: {}", machine());
+    println!("load average at start: {}", loadavg());
+    println!(
+        "settings: {} events, writer threads {}, writer heap {} MiB, {} batches in flight, commit interval {} ms",
+        args.events,
+        s.writer_threads,
+        s.writer_heap_bytes / (1024 * 1024),
+        s.senders,
+        s.commit_interval.as_millis()
+    );
+
+    let (corpus, gen_time) = support::measure(|| support::corpus(args.events));
+    println!(
+        "corpus: {} events, {:.1} MB event JSON, {:.1} MB NDJSON records, {:.1} MB zstd-3 in {} batches (generated in {:.1} s)",
+        corpus.events,
+        mb(corpus.event_bytes),
+        mb(corpus.ndjson_bytes),
+        mb(corpus.compressed_bytes),
+        corpus.batches.len(),
+        gen_time.wall.as_secs_f64()
+    );
+    let base = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).expect("create --dir");
+            tempfile::tempdir_in(d)
+        }
+        None => tempfile::tempdir(),
+    }
+    .expect("temporary directory");
+    let run_ward = args.only.as_deref() != Some("raw");
+    let run_raw = args.only.as_deref() != Some("ward");
+    let mut rows: Vec<Row> = Vec::new();
+
+    let mut ward = None;
+    if run_ward {
+        let dir = base.path().join("ward");
+        let r = support::run_ward(&corpus, &s, &dir);
+        assert_eq!(r.docs, corpus.events as u64, "every event is searchable");
+        println!(
+            "ward: {} commits; {:.1} CPU-s of merges after the last ack; index {:.1} MB",
+            r.commits,
+            r.trailing_cpu.as_secs_f64(),
+            mb(r.index_bytes)
+        );
+        rows.push(Row {
+            name: "Ward end to end (decompress → decode → build → group commit, until all acked)",
+            m: r.ingest,
+        });
+        ward = Some(r);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    let mut raw = None;
+    if run_raw {
+        let schema = WardSchema::new();
+        let (profile, profiled) = support::profile_phases(&corpus, &schema, 50);
+        let total = profile.decompress + profile.decode + profile.build;
+        println!();
+        println!(
+            "single-threaded phases, {profiled} events, nothing kept (as in the ingest path):"
+        );
+        println!("| phase | µs/event | MB/s of event JSON | share |");
+        println!("|---|---:|---:|---:|");
+        let bytes_per_event = corpus.event_bytes as f64 / corpus.events as f64;
+        for (name, d) in [
+            ("wire::decompress", profile.decompress),
+            ("wire::decode", profile.decode),
+            ("document::build", profile.build),
+        ] {
+            let us = d.as_secs_f64() * 1e6 / profiled as f64;
+            println!(
+                "| {name} | {us:.2} | {:.1} | {:.0}% |",
+                bytes_per_event / us,
+                100.0 * d.as_secs_f64() / total.as_secs_f64()
+            );
+        }
+        println!();
+        let (docs, phases) = support::build_documents(&corpus, &schema);
+        println!(
+            "documents built outside the timed region; RSS now {} MiB",
+            support::status_kib("VmRSS") / 1024
+        );
+        let dir = base.path().join("raw");
+        std::fs::create_dir_all(&dir).expect("create raw index dir");
+        let r = support::run_raw(docs, &s, &dir);
+        assert_eq!(r.docs, corpus.events as u64, "every document is searchable");
+        println!(
+            "raw: commit {:.2} s; {:.1} CPU-s of merges after the commit; index {:.1} MB",
+            r.commit.wall.as_secs_f64(),
+            r.trailing_cpu.as_secs_f64(),
+            mb(r.index_bytes)
+        );
+        rows.push(Row {
+            name: "raw tantivy (add_document of prebuilt documents + 1 commit)",
+            m: r.index,
+        });
+        let per_event = |d: Duration| d.as_secs_f64() * 1e6 / corpus.events as f64;
+        println!();
+        println!(
+            "single-threaded phases before tantivy (whole corpus, all documents kept in memory for the raw run):"
+        );
+        println!("| phase | wall s | µs/event | MB/s of event JSON |");
+        println!("|---|---:|---:|---:|");
+        for (name, d) in [
+            ("wire::decompress", phases.decompress),
+            ("wire::decode", phases.decode),
+            ("document::build", phases.build),
+        ] {
+            println!(
+                "| {name} | {:.2} | {:.2} | {:.1} |",
+                d.as_secs_f64(),
+                per_event(d),
+                mb(corpus.event_bytes) / d.as_secs_f64()
+            );
+        }
+        println!(
+            "| tantivy add_document + commit (CPU-s, all threads) | {:.2} | {:.2} | {:.1} |",
+            r.index.cpu.as_secs_f64(),
+            per_event(r.index.cpu),
+            mb(corpus.event_bytes) / r.index.cpu.as_secs_f64()
+        );
+        raw = Some(r);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    println!();
+    println!(
+        "| path | wall s | CPU s | cores used | events/s | MB/s (event JSON) | events per CPU-s | MB per CPU-s |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        let wall = row.m.wall.as_secs_f64();
+        let cpu = row.m.cpu.as_secs_f64();
+        println!(
+            "| {} | {wall:.2} | {cpu:.2} | {:.2} | {:.0} | {:.1} | {:.0} | {:.1} |",
+            row.name,
+            row.m.cores(),
+            corpus.events as f64 / wall,
+            mb(corpus.event_bytes) / wall,
+            corpus.events as f64 / cpu,
+            mb(corpus.event_bytes) / cpu,
+        );
+    }
+    if let (Some(w), Some(r)) = (ward, raw) {
+        println!();
+        println!(
+            "ratio Ward / raw tantivy: {:.1}% by wall time (events/s), {:.1}% by CPU time (events per CPU-s); target ≥ 60%",
+            100.0 * r.index.wall.as_secs_f64() / w.ingest.wall.as_secs_f64(),
+            100.0 * r.index.cpu.as_secs_f64() / w.ingest.cpu.as_secs_f64(),
+        );
+        println!(
+            "index bytes on disk per byte of event JSON: Ward {:.3}, raw {:.3}",
+            w.index_bytes as f64 / corpus.event_bytes as f64,
+            r.index_bytes as f64 / corpus.event_bytes as f64,
+        );
+    } else if let Some(w) = ward {
+        println!(
+            "index bytes on disk per byte of event JSON: Ward {:.3}",
+            w.index_bytes as f64 / corpus.event_bytes as f64
+        );
+    }
+    println!(
+        "peak RSS (VmHWM): {} MiB",
+        support::status_kib("VmHWM") / 1024
+    );
+    println!("load average at end: {}", loadavg());
+}
