@@ -1,6 +1,9 @@
 //! The end-to-end slice: `ward indexer` and `ward collector` as real
 //! processes on loopback, real files on disk, checked through the search API.
 
+// Test helpers outside #[test] functions may unwrap too: a panic is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;

@@ -1,5 +1,8 @@
 //! `ward rules test` as a user runs it: the built-in pack over Falco's traces.
 
+// Test helpers outside #[test] functions may unwrap too: a panic is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use serde_json::Value;
 use ward_e2e::{fixtures, ward_bin};
 
