@@ -110,6 +110,13 @@ pub fn compress(ndjson: &[u8], level: i32) -> Vec<u8> {
 
 /// Decompresses a batch, refusing to produce more than `limit` bytes.
 pub fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
+    // A frame that says up front it inflates past the limit is refused
+    // before any work.
+    if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(body)
+        && size > limit as u64
+    {
+        return Err(Error::TooLarge { limit });
+    }
     let mut decoder =
         zstd::stream::read::Decoder::new(body).map_err(|e| Error::Compression(e.to_string()))?;
     // The window a frame may ask for is capped by the limit too: a frame of
@@ -125,7 +132,15 @@ pub fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
     let read = decoder
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| Error::Compression(e.to_string()))?;
+        .map_err(|e| {
+            // zstd's own word for a window over `window_log_max`: the frame
+            // needs more memory than the limit allows, so it is too large.
+            if e.to_string().contains("too much memory") {
+                Error::TooLarge { limit }
+            } else {
+                Error::Compression(e.to_string())
+            }
+        })?;
     if read > limit {
         return Err(Error::TooLarge { limit });
     }
@@ -228,7 +243,10 @@ mod tests {
         enc.include_contentsize(false).unwrap();
         std::io::Write::write_all(&mut enc, &vec![7u8; 1 << 20]).unwrap();
         let frame = enc.finish().unwrap();
-        assert!(decompress(&frame, 64 * 1024).is_err());
+        assert_eq!(
+            decompress(&frame, 64 * 1024),
+            Err(Error::TooLarge { limit: 64 * 1024 })
+        );
         // The same bytes under a limit that fits their window are fine.
         assert_eq!(decompress(&frame, 32 << 20).unwrap().len(), 1 << 20);
     }
