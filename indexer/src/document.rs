@@ -54,8 +54,7 @@ pub fn hit(record: DecodedRecord) -> Map<String, Value> {
     hit
 }
 
-/// Builds the tantivy document of a record. Returns the document and the
-/// record's stored size in bytes.
+/// Builds the tantivy document of a record.
 pub fn build(schema: &WardSchema, record: DecodedRecord) -> TantivyDocument {
     let id = record.id.clone();
     let nanos = record.timestamp.timestamp_nanos_opt().unwrap_or(i64::MAX);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ward_indexer::Store;
@@ -123,6 +123,3 @@ async fn dashboard(uri: axum::http::Uri) -> Response {
         None => ApiError::NotFound(uri.path().to_owned()).into_response(),
     }
 }
-
-/// What `/healthz` answers, for callers that wait for readiness.
-pub const HEALTHY: StatusCode = StatusCode::OK;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ward_e2e::{Client, Process, free_port};
+use ward_e2e::{Client, free_port, start_indexer};
 
 const KILLS: usize = 20;
 const BATCH: usize = 40;
@@ -26,26 +26,12 @@ fn batch(first: usize) -> String {
         .collect()
 }
 
-fn start_indexer(dir: &std::path::Path, port: u16, run: usize) -> Process {
-    Process::start(
-        &format!("indexer-{run}"),
-        dir,
-        &[
-            "indexer".into(),
-            "--data".into(),
-            dir.join("data").display().to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-        ],
-    )
-}
-
 #[test]
 fn every_acknowledged_event_is_searchable_exactly_once_after_sigkills() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut indexer = start_indexer(dir.path(), port, 0);
+    let mut indexer = start_indexer(&format!("indexer-{}", 0), dir.path(), port, &[]);
     Client::new(&url).wait_healthy(Duration::from_secs(60));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -99,7 +85,7 @@ fn every_acknowledged_event_is_searchable_exactly_once_after_sigkills() {
         }
         std::thread::sleep(Duration::from_millis(rand_ms(0, 400)));
         indexer.kill();
-        indexer = start_indexer(dir.path(), port, run);
+        indexer = start_indexer(&format!("indexer-{}", run), dir.path(), port, &[]);
         Client::new(&url).wait_healthy(Duration::from_secs(60));
     }
     stop.store(true, Ordering::SeqCst);

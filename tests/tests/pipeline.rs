@@ -5,26 +5,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use ward_e2e::{Client, Process, fixtures, free_port, ward_bin};
+use ward_e2e::{Client, Process, append, fixtures, free_port, start_indexer, ward_bin};
 
 const WAIT: Duration = Duration::from_secs(60);
 const CONTAINER_ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-fn append(path: &Path, text: &[u8]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text).unwrap();
-}
 
 fn cri_lines(range: std::ops::Range<usize>) -> String {
     range
@@ -81,17 +69,7 @@ fn every_line_arrives_exactly_once_with_its_fields() {
     let root = dir.path().join("logs");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut indexer = Process::start(
-        "indexer",
-        dir.path(),
-        &[
-            "indexer".into(),
-            "--data".into(),
-            dir.path().join("data").display().to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-        ],
-    );
+    let mut indexer = start_indexer("indexer", dir.path(), port, &[]);
     let client = Client::new(&url);
     client.wait_healthy(WAIT);
 
@@ -314,17 +292,7 @@ fn collector_waits_for_an_indexer_that_is_not_there_yet() {
     );
     let mut collector = Process::start("collector", dir.path(), &collector_args(&url, &root));
     std::thread::sleep(Duration::from_secs(2));
-    let mut indexer = Process::start(
-        "indexer",
-        dir.path(),
-        &[
-            "indexer".into(),
-            "--data".into(),
-            dir.path().join("data").display().to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-        ],
-    );
+    let mut indexer = start_indexer("indexer", dir.path(), port, &[]);
     let client = Client::new(&url);
     client.wait_healthy(WAIT);
     client.wait_for_total("kubernetes.pod:web-0", 100, WAIT);
