@@ -54,13 +54,40 @@ pub fn hit(record: DecodedRecord) -> Map<String, Value> {
     hit
 }
 
+/// A record parsed once: its id, event time, and the hit it is stored and
+/// returned as. Detection rules see this before it becomes a document.
+#[derive(Debug, Clone)]
+pub struct ParsedRecord {
+    pub id: String,
+    pub timestamp_nanos: i64,
+    pub hit: Map<String, Value>,
+}
+
+impl ParsedRecord {
+    pub fn from_record(record: DecodedRecord) -> ParsedRecord {
+        ParsedRecord {
+            id: record.id.clone(),
+            timestamp_nanos: record.timestamp.timestamp_nanos_opt().unwrap_or(i64::MAX),
+            hit: hit(record),
+        }
+    }
+}
+
 /// Builds the tantivy document of a record.
 pub fn build(schema: &WardSchema, record: DecodedRecord) -> TantivyDocument {
-    let id = record.id.clone();
-    let nanos = record.timestamp.timestamp_nanos_opt().unwrap_or(i64::MAX);
-    let hit = hit(record);
+    build_parsed(schema, &ParsedRecord::from_record(record))
+}
+
+/// Builds the tantivy document of a record already parsed.
+pub fn build_parsed(schema: &WardSchema, record: &ParsedRecord) -> TantivyDocument {
+    let ParsedRecord {
+        id,
+        timestamp_nanos: nanos,
+        hit,
+    } = record;
+    let nanos = *nanos;
     let mut doc = TantivyDocument::new();
-    doc.add_text(schema.id, &id);
+    doc.add_text(schema.id, id);
     doc.add_date(
         schema.timestamp,
         tantivy::DateTime::from_timestamp_nanos(nanos),
@@ -73,7 +100,7 @@ pub fn build(schema: &WardSchema, record: DecodedRecord) -> TantivyDocument {
         term: String::with_capacity(64),
         to_all: is_audit,
     };
-    for (key, value) in &hit {
+    for (key, value) in hit {
         match key.as_str() {
             TIMESTAMP => indexer.doc.add_text(schema.exists, TIMESTAMP),
             MESSAGE => {
@@ -90,11 +117,11 @@ pub fn build(schema: &WardSchema, record: DecodedRecord) -> TantivyDocument {
             }
         }
     }
-    if let Some(code) = lookup(&hit, STATUS_CODE).and_then(Value::as_u64) {
+    if let Some(code) = lookup(hit, STATUS_CODE).and_then(Value::as_u64) {
         doc.add_u64(schema.status_code, code);
     }
     for (dotted, field) in &schema.columns {
-        match lookup(&hit, dotted) {
+        match lookup(hit, dotted) {
             Some(Value::String(s)) => doc.add_text(*field, s),
             Some(Value::Array(items)) => {
                 for s in items.iter().filter_map(Value::as_str) {
@@ -105,7 +132,7 @@ pub fn build(schema: &WardSchema, record: DecodedRecord) -> TantivyDocument {
         }
     }
     // Serializing a Map cannot fail: its keys are strings.
-    let stored = serde_json::to_vec(&hit).unwrap_or_default();
+    let stored = serde_json::to_vec(hit).unwrap_or_default();
     doc.add_bytes(schema.source_doc, &stored);
     doc
 }

@@ -24,4 +24,5 @@ pub mod schema;
 pub mod store;
 
 pub use error::Error;
-pub use store::{IngestReceipt, SearchHit, SearchRequest, SearchResponse, Store, StoreConfig};
+pub use document::ParsedRecord;
+pub use store::{IngestReceipt, IngestTap, SearchHit, SearchRequest, SearchResponse, Store, StoreConfig};

@@ -33,6 +33,7 @@ use tantivy::{Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocum
 use tokio::sync::oneshot;
 use ward_event::wire::DecodedRecord;
 
+use crate::document::ParsedRecord;
 use crate::schema::{TIMESTAMP, WardSchema};
 use crate::{Error, compile, document, query};
 
@@ -49,6 +50,24 @@ pub struct StoreConfig {
     /// How long an ingest call waits for room in the writer's queue before
     /// it gives up with [`Error::Unavailable`].
     pub queue_timeout: Duration,
+    /// Sees every batch once parsed, before storage (detection rules).
+    pub tap: Option<Arc<dyn IngestTap>>,
+}
+
+/// A stage that sees each ingested batch, parsed once, before it is stored.
+///
+/// Called on the blocking pool, once per batch, possibly from several
+/// threads at once; a batch may be seen again if its sender resends it
+/// (replays are recognised only later, by the writer), so what a tap
+/// derives must be idempotent per record id.
+pub trait IngestTap: Send + Sync {
+    fn observe(&self, batch: &[ParsedRecord]);
+}
+
+impl std::fmt::Debug for dyn IngestTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IngestTap")
+    }
 }
 
 impl StoreConfig {
@@ -61,6 +80,7 @@ impl StoreConfig {
                 .unwrap_or(1),
             commit_interval: Duration::from_millis(250),
             queue_timeout: Duration::from_secs(10),
+            tap: None,
         }
     }
 }
@@ -127,6 +147,7 @@ struct Inner {
     reader: IndexReader,
     tx: crossbeam_channel::Sender<WriterMsg>,
     queue_timeout: Duration,
+    tap: Option<Arc<dyn IngestTap>>,
     stats: Arc<StoreStats>,
     writer_thread: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -167,6 +188,7 @@ impl Store {
                 reader,
                 tx,
                 queue_timeout: config.queue_timeout,
+                tap: config.tap.clone(),
                 stats,
                 writer_thread: std::sync::Mutex::new(Some(thread)),
             }),
@@ -216,9 +238,16 @@ impl Store {
 
     fn enqueue(&self, records: Vec<DecodedRecord>, ack: Ack) -> Result<(), Error> {
         let schema = &self.inner.schema;
-        let docs: Vec<(RecordKey, TantivyDocument)> = records
+        let parsed: Vec<ParsedRecord> = records
             .into_iter()
-            .map(|r| (RecordKey::of(&r.id), document::build(schema, r)))
+            .map(ParsedRecord::from_record)
+            .collect();
+        if let Some(tap) = &self.inner.tap {
+            tap.observe(&parsed);
+        }
+        let docs: Vec<(RecordKey, TantivyDocument)> = parsed
+            .iter()
+            .map(|r| (RecordKey::of(&r.id), document::build_parsed(schema, r)))
             .collect();
         match self
             .inner
