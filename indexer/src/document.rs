@@ -6,8 +6,10 @@
 
 use serde_json::{Map, Value};
 use tantivy::TantivyDocument;
+use ward_event::SourceKind;
 use ward_event::wire::DecodedRecord;
 
+use crate::chain::{Digest32, record_digest};
 use crate::schema::{MESSAGE, STATUS_CODE, TIMESTAMP, WardSchema, flat_term_text};
 
 /// Top-level objects that hold whole API objects (or Ward's bookkeeping):
@@ -59,35 +61,71 @@ pub fn hit(record: DecodedRecord) -> Map<String, Value> {
 #[derive(Debug, Clone)]
 pub struct ParsedRecord {
     pub id: String,
+    /// What replays are recognised by: the record id, or for an audit
+    /// event the cluster, `auditID` and `stage`, so that one API server
+    /// event is stored once however it arrived (log file, webhook, retries).
+    pub key: String,
     pub timestamp_nanos: i64,
     pub hit: Map<String, Value>,
 }
 
 impl ParsedRecord {
     pub fn from_record(record: DecodedRecord) -> ParsedRecord {
+        let id = record.id.clone();
+        let timestamp_nanos = record.timestamp.timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let key = replay_key(&record);
         ParsedRecord {
-            id: record.id.clone(),
-            timestamp_nanos: record.timestamp.timestamp_nanos_opt().unwrap_or(i64::MAX),
+            id,
+            key,
+            timestamp_nanos,
             hit: hit(record),
         }
     }
 }
 
-/// Builds the tantivy document of a record.
-pub fn build(schema: &WardSchema, record: DecodedRecord) -> TantivyDocument {
-    build_parsed(schema, &ParsedRecord::from_record(record))
+/// An audit event's replay key: the API server's `auditID` and `stage`
+/// name one event, and the hash of its content guards against tools that
+/// reuse an `auditID` for different events (test traces do). The same
+/// event sent twice (a retried webhook batch, a log file read again after
+/// copytruncate, the webhook and the log backend both on) has one key.
+fn replay_key(record: &DecodedRecord) -> String {
+    let text = |k: &str| record.event.get(k).and_then(Value::as_str);
+    match (record.source, text("auditID"), text("stage")) {
+        (SourceKind::Audit, Some(audit_id), Some(stage))
+            if !audit_id.is_empty() && record.parse_error.is_none() =>
+        {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            serde_json::to_vec(&record.event)
+                .unwrap_or_default()
+                .hash(&mut h);
+            format!(
+                "audit\u{0}{}\u{0}{audit_id}\u{0}{stage}\u{0}{:016x}",
+                record.cluster.as_deref().unwrap_or(""),
+                h.finish()
+            )
+        }
+        _ => record.id.clone(),
+    }
 }
 
-/// Builds the tantivy document of a record already parsed.
-pub fn build_parsed(schema: &WardSchema, record: &ParsedRecord) -> TantivyDocument {
+/// Builds the tantivy document of a record.
+pub fn build(schema: &WardSchema, record: DecodedRecord) -> TantivyDocument {
+    build_parsed(schema, &ParsedRecord::from_record(record)).0
+}
+
+/// Builds the tantivy document of a record already parsed, with the digest
+/// of its stored form (for the partition's hash chain).
+pub fn build_parsed(schema: &WardSchema, record: &ParsedRecord) -> (TantivyDocument, Digest32) {
     let ParsedRecord {
-        id,
+        key,
         timestamp_nanos: nanos,
         hit,
+        ..
     } = record;
     let nanos = *nanos;
     let mut doc = TantivyDocument::new();
-    doc.add_text(schema.id, id);
+    doc.add_text(schema.key, key);
     doc.add_date(
         schema.timestamp,
         tantivy::DateTime::from_timestamp_nanos(nanos),
@@ -133,8 +171,9 @@ pub fn build_parsed(schema: &WardSchema, record: &ParsedRecord) -> TantivyDocume
     }
     // Serializing a Map cannot fail: its keys are strings.
     let stored = serde_json::to_vec(hit).unwrap_or_default();
+    let digest = record_digest(&stored);
     doc.add_bytes(schema.source_doc, &stored);
-    doc
+    (doc, digest)
 }
 
 /// A dotted name resolved the way analysts write it: a key that contains

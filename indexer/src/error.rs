@@ -27,6 +27,13 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
     pub(crate) fn query(message: impl Into<String>, position: usize) -> Error {
         Error::Query {
             message: message.into(),

@@ -16,13 +16,21 @@
 //! `meta.json`). A crash before the commit loses only unacknowledged
 //! batches, which the sender still holds and resends.
 
+pub mod chain;
 pub mod compile;
 pub mod document;
 mod error;
+pub mod partition;
 pub mod query;
+pub mod redact;
 pub mod schema;
+pub mod snapshot;
 pub mod store;
+pub mod verify;
 
-pub use error::Error;
 pub use document::ParsedRecord;
-pub use store::{IngestReceipt, IngestTap, SearchHit, SearchRequest, SearchResponse, Store, StoreConfig};
+pub use error::Error;
+pub use store::{
+    IngestReceipt, IngestTap, Retention, SearchHit, SearchRequest, SearchResponse, Store,
+    StoreConfig, StoreStats,
+};

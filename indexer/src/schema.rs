@@ -66,7 +66,10 @@ pub const MESSAGE: &str = "message";
 pub struct WardSchema {
     pub schema: Schema,
     pub source_doc: Field,
-    pub id: Field,
+    /// The replay-detection key (see [`crate::store`]): indexed, not stored.
+    pub key: Field,
+    /// The hash-chain batch a record was committed in (see [`crate::chain`]).
+    pub batch: Field,
     pub timestamp: Field,
     pub flat: Field,
     pub exists: Field,
@@ -80,7 +83,8 @@ impl WardSchema {
     pub fn new() -> WardSchema {
         let mut b = Schema::builder();
         let source_doc = b.add_bytes_field("_source", BytesOptions::default().set_stored());
-        let id = b.add_text_field("_id", STRING);
+        let key = b.add_text_field("_key", STRING);
+        let batch = b.add_u64_field("_batch", NumericOptions::default().set_fast());
         let timestamp = b.add_date_field(
             "timestamp",
             DateOptions::default()
@@ -112,7 +116,8 @@ impl WardSchema {
         WardSchema {
             schema: b.build(),
             source_doc,
-            id,
+            key,
+            batch,
             timestamp,
             flat,
             exists,

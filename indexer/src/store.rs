@@ -1,23 +1,34 @@
-//! The index on disk, its single writer, and search.
+//! The partitioned index on disk, its single writer, and search.
 //!
 //! Ingest path: the HTTP layer decodes a batch and calls [`Store::ingest`],
-//! which builds tantivy documents on the blocking pool and hands them to the
-//! writer thread over a bounded channel (a full channel makes senders wait,
-//! then answer "busy" rather than queue without end). The writer adds
-//! documents as they come and commits at most every `commit_interval`
-//! (group commit): every batch in a commit is acknowledged only once that
-//! commit has returned, so an acknowledged batch is on disk and searchable.
+//! which parses each record once, shows the batch to the [`IngestTap`]
+//! (detection rules), redacts it, and builds tantivy documents on the
+//! blocking pool. The documents go to the writer thread over a bounded
+//! channel (a full channel makes senders wait, then answer "busy" rather
+//! than queue without end). The writer adds each document to the partition
+//! of its day (see [`crate::partition`]) and commits every partition it
+//! touched at most every `commit_interval` (group commit); every batch in a
+//! commit is acknowledged only once all of its partitions have committed,
+//! so an acknowledged batch is on disk and searchable.
 //!
-//! Cost of this durability choice: a commit fsyncs new segment files and
-//! `meta.json`, so a batch waits for the next commit (`commit_interval`,
-//! 250 ms by default) before its ack; senders keep several batches in
-//! flight to cover that latency. No write-ahead log is needed because
-//! nothing is acknowledged before it is in a committed segment.
+//! Cost of this durability choice: a commit fsyncs new segment files,
+//! `meta.json` and the chain entry, so a batch waits for the next commit
+//! (`commit_interval`, 250 ms by default) before its ack; senders keep
+//! several batches in flight to cover that latency. No write-ahead log is
+//! needed because nothing is acknowledged before it is in a committed
+//! segment.
+//!
+//! Exactly once: each partition remembers the replay keys of its records
+//! (derived from its committed `_key` terms, so atomic with the data). A
+//! record always maps to the same day, so a replay meets its original in
+//! the same partition and is dropped. If one partition of a batch commits
+//! and another fails, the batch is refused; when it is resent, the
+//! committed part is recognised as replayed and only the rest is added.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,32 +37,59 @@ use crossbeam_channel::{RecvTimeoutError, SendTimeoutError};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tantivy::collector::{Count, TopDocs};
-use tantivy::directory::MmapDirectory;
+use tantivy::merge_policy::LogMergePolicy;
 use tantivy::query::{BooleanQuery, Occur, Query as TantivyQuery, RangeQuery};
 use tantivy::schema::Value as _;
-use tantivy::{Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{
+    DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term,
+};
 use tokio::sync::oneshot;
 use ward_event::wire::DecodedRecord;
 
+use crate::chain::{self, ChainFile, CommitPayload, Digest32, EntryBody, HmacKey};
 use crate::document::ParsedRecord;
+use crate::partition::{self, Day};
+use crate::redact::Redactor;
 use crate::schema::{TIMESTAMP, WardSchema};
 use crate::{Error, compile, document, query};
+
+/// How long data is kept: by age of the day, and by total size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Partitions whose whole day is older than this are removed.
+    pub max_age: Option<Duration>,
+    /// The oldest partitions are removed while the total is above this
+    /// (the current day's partition is never removed for size).
+    pub max_bytes: Option<u64>,
+}
 
 /// How the store is set up.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub data_dir: PathBuf,
-    /// Memory tantivy's writer may buffer before it flushes a segment.
+    /// Memory tantivy's writer may buffer before it flushes a segment, per
+    /// partition being written.
     pub writer_heap_bytes: usize,
-    /// Tantivy indexing threads.
+    /// Tantivy indexing threads per partition writer.
     pub writer_threads: usize,
     /// The longest a batch waits for the commit that acknowledges it.
     pub commit_interval: Duration,
     /// How long an ingest call waits for room in the writer's queue before
     /// it gives up with [`Error::Unavailable`].
     pub queue_timeout: Duration,
-    /// Sees every batch once parsed, before storage (detection rules).
+    /// Sees every batch once parsed, before redaction and storage.
     pub tap: Option<Arc<dyn IngestTap>>,
+    /// Redaction before storage (on by default).
+    pub redactor: Arc<Redactor>,
+    pub retention: Retention,
+    /// How often retention runs.
+    pub retention_interval: Duration,
+    /// Signs the hash chains.
+    pub hmac_key: Option<HmacKey>,
+    /// A partition not written for this long has its writer closed (its
+    /// replay keys are dropped from memory; they are reloaded if it is
+    /// written again).
+    pub idle_writer_timeout: Duration,
 }
 
 /// A stage that sees each ingested batch, parsed once, before it is stored.
@@ -81,6 +119,11 @@ impl StoreConfig {
             commit_interval: Duration::from_millis(250),
             queue_timeout: Duration::from_secs(10),
             tap: None,
+            redactor: Arc::new(Redactor::default_on()),
+            retention: Retention::default(),
+            retention_interval: Duration::from_secs(60),
+            hmac_key: None,
+            idle_writer_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -92,6 +135,8 @@ pub struct IngestReceipt {
     pub records: usize,
     /// Of those, records already in the index (replays), not stored again.
     pub duplicates: usize,
+    /// Of those, records older than retention, dropped by policy.
+    pub expired: usize,
 }
 
 /// A search: query text, optional time range, newest first.
@@ -123,18 +168,41 @@ pub struct StoreStats {
     pub commits: AtomicU64,
     pub commit_errors: AtomicU64,
     pub duplicates_dropped: AtomicU64,
+    /// Records older than the retention period when they arrived.
+    pub records_expired: AtomicU64,
+    pub partitions_removed: AtomicU64,
+    pub partition_bytes_removed: AtomicU64,
+    pub partition_records_removed: AtomicU64,
+    /// Partitions on disk, and their bytes (updated by the retention pass).
+    pub partitions: AtomicU64,
+    pub disk_bytes: AtomicU64,
+    /// Searchable segments over all partitions (after the last commit).
+    pub segments: AtomicU64,
 }
 
-/// What the writer answers for one batch: duplicates dropped, or why it failed.
-type Ack = oneshot::Sender<Result<usize, String>>;
+/// What the writer answers for one batch: (duplicates, expired) or why it failed.
+type Ack = oneshot::Sender<Result<(usize, usize), String>>;
+
+/// A document on its way to the writer.
+struct Pending {
+    key: RecordKey,
+    day: Day,
+    digest: Digest32,
+    doc: TantivyDocument,
+}
 
 enum WriterMsg {
-    Batch {
-        docs: Vec<(RecordKey, TantivyDocument)>,
-        ack: Ack,
-    },
+    Batch { docs: Vec<Pending>, ack: Ack },
     Shutdown(oneshot::Sender<()>),
 }
+
+/// A partition as search sees it.
+#[derive(Clone)]
+struct View {
+    reader: IndexReader,
+}
+
+type Views = Arc<RwLock<BTreeMap<Day, View>>>;
 
 /// The index and its writer. Cheap to clone.
 #[derive(Clone)]
@@ -144,51 +212,74 @@ pub struct Store {
 
 struct Inner {
     schema: WardSchema,
-    reader: IndexReader,
+    views: Views,
     tx: crossbeam_channel::Sender<WriterMsg>,
     queue_timeout: Duration,
     tap: Option<Arc<dyn IngestTap>>,
+    redactor: Arc<Redactor>,
     stats: Arc<StoreStats>,
     writer_thread: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Store {
-    /// Opens the index under `config.data_dir`, creating it if needed, and
-    /// starts the writer thread.
+    /// Opens the partitions under `config.data_dir`, creating the directory
+    /// if needed, and starts the writer thread.
     pub fn open(config: StoreConfig) -> Result<Store, Error> {
-        let index_dir = config.data_dir.join("index");
-        std::fs::create_dir_all(&index_dir).map_err(|source| io_error(&index_dir, source))?;
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(partition::partitions_dir(&data_dir))
+            .map_err(|source| Error::io(&data_dir, source))?;
+        if data_dir.join("index").join("meta.json").exists() {
+            tracing::warn!(path = %data_dir.join("index").display(), "an unpartitioned index from an earlier version is ignored");
+        }
         let schema = WardSchema::new();
-        let directory = MmapDirectory::open(&index_dir)
-            .map_err(|e| Error::Tantivy(tantivy::TantivyError::from(e)))?;
-        let index = Index::open_or_create(directory, schema.schema.clone())?;
-        WardSchema::register_tokenizers(&index);
-        let writer: IndexWriter<TantivyDocument> = index
-            .writer_with_num_threads(config.writer_threads.max(1), config.writer_heap_bytes)?;
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
-        let known = KnownRecords::load(&reader, schema.id)?;
+        let mut ledger = ChainFile::open(
+            &data_dir.join(partition::LEDGER_FILE),
+            None,
+            config.hmac_key.clone(),
+        )?;
+        let ledgered = ledger_partitions(&data_dir)?;
+        let mut views = BTreeMap::new();
+        let mut indexes = BTreeMap::new();
+        for day in partition::list(&data_dir)? {
+            if !ledgered.contains(&day.name()) {
+                // Created just before a crash, before its ledger entry.
+                ledger.append(EntryBody::PartitionCreated {
+                    partition: day.name(),
+                })?;
+            }
+            let index = partition::open_index(&data_dir, day, &schema, true)?;
+            let reader = reader_of(&index)?;
+            views.insert(day, View { reader });
+            indexes.insert(day, index);
+        }
+        let views: Views = Arc::new(RwLock::new(views));
         let stats = Arc::new(StoreStats::default());
         let (tx, rx) = crossbeam_channel::bounded(16);
-        let thread = {
-            let reader: IndexReader = Clone::clone(&reader);
-            let stats = stats.clone();
-            let interval = config.commit_interval;
-            std::thread::Builder::new()
-                .name("ward-index-writer".into())
-                .spawn(move || writer_loop(writer, reader, rx, interval, known, &stats))
-                .map_err(|source| io_error(&index_dir, source))?
+        let writer = Writer {
+            schema: schema.clone(),
+            config: config.clone(),
+            views: views.clone(),
+            indexes,
+            open: BTreeMap::new(),
+            ledger,
+            acks: Vec::new(),
+            since: None,
+            last_retention: None,
+            stats: stats.clone(),
         };
-        tracing::info!(path = %index_dir.display(), "index opened");
+        let thread = std::thread::Builder::new()
+            .name("ward-index-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| Error::io(&data_dir, source))?;
+        tracing::info!(path = %config.data_dir.display(), partitions = views.read().map(|v| v.len()).unwrap_or(0), "index opened");
         Ok(Store {
             inner: Arc::new(Inner {
                 schema,
-                reader,
+                views,
                 tx,
                 queue_timeout: config.queue_timeout,
                 tap: config.tap.clone(),
+                redactor: config.redactor.clone(),
                 stats,
                 writer_thread: std::sync::Mutex::new(Some(thread)),
             }),
@@ -199,6 +290,10 @@ impl Store {
         &self.inner.stats
     }
 
+    pub fn redactor(&self) -> &Redactor {
+        &self.inner.redactor
+    }
+
     /// Indexes a batch and returns once it is committed: durable and searchable.
     pub async fn ingest(&self, records: Vec<DecodedRecord>) -> Result<IngestReceipt, Error> {
         let store = self.clone();
@@ -207,7 +302,7 @@ impl Store {
         tokio::task::spawn_blocking(move || store.enqueue(records, ack))
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))??;
-        let duplicates = acked
+        let (duplicates, expired) = acked
             .await
             .map_err(|_| Error::Unavailable("the index writer stopped".into()))?
             .map_err(Error::Unavailable)?;
@@ -218,6 +313,7 @@ impl Store {
         Ok(IngestReceipt {
             records: count,
             duplicates,
+            expired,
         })
     }
 
@@ -226,28 +322,39 @@ impl Store {
         let (ack, acked) = oneshot::channel();
         let count = records.len();
         self.enqueue(records, ack)?;
-        let duplicates = acked
+        let (duplicates, expired) = acked
             .blocking_recv()
             .map_err(|_| Error::Unavailable("the index writer stopped".into()))?
             .map_err(Error::Unavailable)?;
         Ok(IngestReceipt {
             records: count,
             duplicates,
+            expired,
         })
     }
 
     fn enqueue(&self, records: Vec<DecodedRecord>, ack: Ack) -> Result<(), Error> {
         let schema = &self.inner.schema;
-        let parsed: Vec<ParsedRecord> = records
-            .into_iter()
-            .map(ParsedRecord::from_record)
-            .collect();
+        let mut parsed: Vec<ParsedRecord> =
+            records.into_iter().map(ParsedRecord::from_record).collect();
         if let Some(tap) = &self.inner.tap {
             tap.observe(&parsed);
         }
-        let docs: Vec<(RecordKey, TantivyDocument)> = parsed
-            .iter()
-            .map(|r| (RecordKey::of(&r.id), document::build_parsed(schema, r)))
+        let redactor = &self.inner.redactor;
+        let docs: Vec<Pending> = parsed
+            .iter_mut()
+            .map(|r| {
+                if redactor.is_enabled() {
+                    redactor.redact(&mut r.hit);
+                }
+                let (doc, digest) = document::build_parsed(schema, r);
+                Pending {
+                    key: RecordKey::of(&r.key),
+                    day: Day::of_nanos(r.timestamp_nanos),
+                    digest,
+                    doc,
+                }
+            })
             .collect();
         match self
             .inner
@@ -270,6 +377,20 @@ impl Store {
         tokio::task::spawn_blocking(move || store.search_blocking(&request))
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))?
+    }
+
+    /// The partitions a time range touches, newest first.
+    fn views_in(&self, start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> Vec<View> {
+        let views = match self.inner.views.read() {
+            Ok(v) => v,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        views
+            .iter()
+            .rev()
+            .filter(|(day, _)| day.overlaps(start, end))
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     pub fn search_blocking(&self, request: &SearchRequest) -> Result<SearchResponse, Error> {
@@ -303,13 +424,22 @@ impl Store {
                 (Occur::Must, Box::new(range) as Box<dyn TantivyQuery>),
             ]));
         }
-        let searcher = self.inner.reader.searcher();
-        let top = TopDocs::with_limit(request.limit.max(1))
-            .order_by_fast_field::<tantivy::DateTime>(TIMESTAMP, Order::Desc);
-        let (total, top) = searcher.search(&query, &(Count, top))?;
-        let mut hits = Vec::with_capacity(top.len().min(request.limit));
-        for (_, address) in top.into_iter().take(request.limit) {
-            let doc: TantivyDocument = searcher.doc(address)?;
+        let views = self.views_in(request.start, request.end);
+        let searchers: Vec<_> = views.iter().map(|v| v.reader.searcher()).collect();
+        let mut total = 0u64;
+        // (time, partition, address) of each partition's best hits.
+        let mut candidates: Vec<(Option<tantivy::DateTime>, usize, DocAddress)> = Vec::new();
+        for (i, searcher) in searchers.iter().enumerate() {
+            let top = TopDocs::with_limit(request.limit.max(1))
+                .order_by_fast_field::<tantivy::DateTime>(TIMESTAMP, Order::Desc);
+            let (count, top) = searcher.search(&query, &(Count, top))?;
+            total += count as u64;
+            candidates.extend(top.into_iter().map(|(t, a)| (t, i, a)));
+        }
+        candidates.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut hits = Vec::with_capacity(candidates.len().min(request.limit));
+        for (_, i, address) in candidates.into_iter().take(request.limit) {
+            let doc: TantivyDocument = searchers[i].doc(address)?;
             let bytes = doc
                 .get_first(schema.source_doc)
                 .and_then(|v| v.as_bytes())
@@ -319,15 +449,31 @@ impl Store {
                 .map_err(|e| Error::InvalidRequest(format!("stored record is not JSON: {e}")))?;
             hits.push(raw);
         }
-        Ok(SearchResponse {
-            total: total as u64,
-            hits,
-        })
+        Ok(SearchResponse { total, hits })
     }
 
     /// Number of records visible to search.
     pub fn num_docs(&self) -> u64 {
-        self.inner.reader.searcher().num_docs()
+        self.views_in(None, None)
+            .iter()
+            .map(|v| v.reader.searcher().num_docs())
+            .sum()
+    }
+
+    /// Searchable segments over all partitions.
+    pub fn segment_count(&self) -> usize {
+        self.views_in(None, None)
+            .iter()
+            .map(|v| v.reader.searcher().segment_readers().len())
+            .sum()
+    }
+
+    /// The days that have a partition, oldest first.
+    pub fn partitions(&self) -> Vec<Day> {
+        match self.inner.views.read() {
+            Ok(v) => v.keys().copied().collect(),
+            Err(poisoned) => poisoned.into_inner().keys().copied().collect(),
+        }
     }
 
     /// Commits what is pending, acknowledges it, and stops the writer.
@@ -348,63 +494,85 @@ impl Store {
     }
 }
 
-fn io_error(path: &Path, source: std::io::Error) -> Error {
-    Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
+fn reader_of(index: &Index) -> Result<IndexReader, Error> {
+    Ok(index
+        .reader_builder()
+        .reload_policy(ReloadPolicy::Manual)
+        .try_into()?)
 }
 
-/// The ids of every record in the index, as 128-bit hashes, so that a
-/// replayed record (a collector resending after a crash, an API server
+/// The partitions the ledger says were created and not removed.
+fn ledger_partitions(data_dir: &Path) -> Result<HashSet<String>, Error> {
+    let (entries, _) = chain::read_entries(&data_dir.join(partition::LEDGER_FILE))?;
+    let mut live = HashSet::new();
+    for (entry, _) in entries {
+        match entry.body {
+            EntryBody::PartitionCreated { partition } => {
+                live.insert(partition);
+            }
+            EntryBody::PartitionRemoved { partition, .. } => {
+                live.remove(&partition);
+            }
+            EntryBody::Batch { .. } => {}
+        }
+    }
+    Ok(live)
+}
+
+/// The replay keys of one partition's records, as 128-bit hashes, so that
+/// a replayed record (a collector resending after a crash, an API server
 /// retrying a webhook batch) is recognised without a lookup in the index.
 ///
-/// The set is derived from the `_id` terms of the committed index, which
+/// The set is derived from the `_key` terms of the committed index, which
 /// are written in the same commit as the records: it is atomic with the
-/// data by construction, and rebuilt from the index at start-up. Its cost
-/// is about 32 bytes of memory per stored record.
+/// data by construction, and rebuilt from the index when the partition is
+/// opened for writing. Its cost is about 32 bytes of memory per record of
+/// the partitions being written (normally today's).
 struct KnownRecords {
     committed: HashSet<RecordKey>,
     /// Added since the last commit; folded in on success, dropped on failure.
     pending: HashSet<RecordKey>,
 }
 
-/// A record id hashed to 128 bits (two independent 64-bit hashes, so that a
-/// collision, which would wrongly drop a record, is out of practical reach).
+/// A replay key hashed to 128 bits (two independent 64-bit hashes, so that
+/// a collision, which would wrongly drop a record, is out of practical reach).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct RecordKey(u64, u64);
 
 impl RecordKey {
-    pub(crate) fn of(id: &str) -> RecordKey {
+    pub(crate) fn of(key: &str) -> RecordKey {
+        Self::of_bytes(key.as_bytes())
+    }
+
+    fn of_bytes(key: &[u8]) -> RecordKey {
         use std::hash::{Hash, Hasher};
         // `DefaultHasher::new()` has fixed keys: stable within a build,
         // which is all a set rebuilt at start-up needs.
         let mut a = std::collections::hash_map::DefaultHasher::new();
-        id.hash(&mut a);
+        key.hash(&mut a);
         let mut b = std::collections::hash_map::DefaultHasher::new();
-        (0x5eed_u16, id).hash(&mut b);
+        (0x5eed_u16, key).hash(&mut b);
         RecordKey(a.finish(), b.finish())
     }
 }
 
 impl KnownRecords {
-    fn load(reader: &IndexReader, id_field: tantivy::schema::Field) -> Result<KnownRecords, Error> {
+    fn load(
+        reader: &IndexReader,
+        key_field: tantivy::schema::Field,
+    ) -> Result<KnownRecords, Error> {
         let mut committed = HashSet::new();
         let searcher = reader.searcher();
         for segment in searcher.segment_readers() {
-            let inverted = segment.inverted_index(id_field)?;
+            let inverted = segment.inverted_index(key_field)?;
             let mut terms = inverted
                 .terms()
                 .stream()
-                .map_err(|source| io_error(Path::new("index/_id terms"), source))?;
+                .map_err(|source| Error::io(Path::new("index/_key terms"), source))?;
             while terms.advance() {
-                committed.insert(RecordKey::of(&String::from_utf8_lossy(terms.key())));
+                committed.insert(RecordKey::of_bytes(terms.key()));
             }
         }
-        tracing::info!(
-            records = committed.len(),
-            "loaded record ids for replay detection"
-        );
         Ok(KnownRecords {
             committed,
             pending: HashSet::new(),
@@ -417,109 +585,455 @@ impl KnownRecords {
     }
 }
 
-/// Batches added since the last commit, waiting for it.
-#[derive(Default)]
-struct PendingCommit {
-    acks: Vec<(Ack, usize)>,
-    docs: u64,
+/// A partition open for writing.
+struct OpenPartition {
+    index: Index,
+    writer: IndexWriter<TantivyDocument>,
+    reader: IndexReader,
+    known: KnownRecords,
+    chain: ChainFile,
+    /// Digests of the records added since the last commit.
+    digests: Vec<Digest32>,
     /// The first error of an `add_document`: the commit must then fail.
     failure: Option<String>,
-    since: Option<Instant>,
+    last_write: Instant,
 }
 
-fn writer_loop(
-    mut writer: IndexWriter<TantivyDocument>,
-    reader: IndexReader,
-    rx: crossbeam_channel::Receiver<WriterMsg>,
-    interval: Duration,
-    mut known: KnownRecords,
-    stats: &StoreStats,
-) {
-    let mut pending = PendingCommit::default();
-    loop {
-        let wait = pending.since.map_or(Duration::from_secs(3600), |t| {
-            interval.saturating_sub(t.elapsed())
-        });
-        match rx.recv_timeout(wait) {
-            Ok(WriterMsg::Batch { docs, ack }) => {
-                let mut duplicates = 0;
-                for (key, doc) in docs {
-                    if !known.insert(key) {
-                        duplicates += 1;
+/// The writer thread's state.
+struct Writer {
+    schema: WardSchema,
+    config: StoreConfig,
+    views: Views,
+    /// Every partition on disk, open or not for writing.
+    indexes: BTreeMap<Day, Index>,
+    open: BTreeMap<Day, OpenPartition>,
+    ledger: ChainFile,
+    /// Batches waiting for the next commit: (ack, duplicates, expired).
+    acks: Vec<(Ack, usize, usize)>,
+    since: Option<Instant>,
+    last_retention: Option<Instant>,
+    stats: Arc<StoreStats>,
+}
+
+impl Writer {
+    fn run(mut self, rx: crossbeam_channel::Receiver<WriterMsg>) {
+        self.retention_pass();
+        loop {
+            let interval = self.config.commit_interval;
+            let commit_wait = self
+                .since
+                .map_or(Duration::MAX, |t| interval.saturating_sub(t.elapsed()));
+            let retention_wait = self.last_retention.map_or(Duration::ZERO, |t| {
+                self.config.retention_interval.saturating_sub(t.elapsed())
+            });
+            match rx.recv_timeout(commit_wait.min(retention_wait)) {
+                Ok(WriterMsg::Batch { docs, ack }) => {
+                    self.add_batch(docs, ack);
+                    let since = *self.since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < interval {
                         continue;
                     }
-                    pending.docs += 1;
-                    if let Err(e) = writer.add_document(doc) {
-                        pending.failure.get_or_insert_with(|| e.to_string());
+                }
+                Ok(WriterMsg::Shutdown(done)) => {
+                    self.commit();
+                    for (_, p) in std::mem::take(&mut self.open) {
+                        // Let merges in flight finish rather than leave
+                        // half-written files behind.
+                        let _ = p.writer.wait_merging_threads();
                     }
+                    let _ = done.send(());
+                    tracing::info!("index writer stopped");
+                    return;
                 }
-                if duplicates > 0 {
-                    stats
-                        .duplicates_dropped
-                        .fetch_add(duplicates as u64, Ordering::Relaxed);
-                    tracing::info!(duplicates, "dropped replayed records");
-                }
-                pending.acks.push((ack, duplicates));
-                let since = *pending.since.get_or_insert_with(Instant::now);
-                if since.elapsed() < interval {
-                    continue;
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.commit();
+                    return;
                 }
             }
-            Ok(WriterMsg::Shutdown(done)) => {
-                commit(&mut writer, &reader, &mut pending, &mut known, stats);
-                let _ = done.send(());
-                tracing::info!("index writer stopped");
-                return;
+            if self.since.is_some_and(|t| t.elapsed() >= interval) {
+                self.commit();
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                commit(&mut writer, &reader, &mut pending, &mut known, stats);
-                return;
+            if self
+                .last_retention
+                .is_none_or(|t| t.elapsed() >= self.config.retention_interval)
+            {
+                self.retention_pass();
+                self.close_idle_writers();
             }
         }
-        commit(&mut writer, &reader, &mut pending, &mut known, stats);
+    }
+
+    /// The first day retention keeps, if retention by age is set.
+    fn oldest_kept_day(&self) -> Option<Day> {
+        let age = self.config.retention.max_age?;
+        let cutoff = Utc::now() - chrono::Duration::from_std(age).ok()?;
+        // A day is removed once it has entirely passed the cutoff.
+        Some(Day::of(cutoff))
+    }
+
+    fn add_batch(&mut self, docs: Vec<Pending>, ack: Ack) {
+        let mut duplicates = 0;
+        let mut expired = 0;
+        let oldest = self.oldest_kept_day();
+        let batch_field = self.schema.batch;
+        for Pending {
+            key,
+            day,
+            digest,
+            mut doc,
+        } in docs
+        {
+            if oldest.is_some_and(|o| day < o) {
+                expired += 1;
+                continue;
+            }
+            let partition = match self.partition_for_write(day) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(partition = %day, error = %e, "cannot open partition for writing");
+                    // Refuse the batch: it is resent later.
+                    let _ = ack.send(Err(format!("cannot open partition {day}: {e}")));
+                    self.forget_pending();
+                    return;
+                }
+            };
+            if !partition.known.insert(key) {
+                duplicates += 1;
+                continue;
+            }
+            let seq = partition.chain.head().1 + 1;
+            doc.add_u64(batch_field, seq);
+            partition.digests.push(digest);
+            partition.last_write = Instant::now();
+            if let Err(e) = partition.writer.add_document(doc) {
+                partition.failure.get_or_insert_with(|| e.to_string());
+            }
+        }
+        if duplicates > 0 {
+            self.stats
+                .duplicates_dropped
+                .fetch_add(duplicates as u64, Ordering::Relaxed);
+            tracing::info!(duplicates, "dropped replayed records");
+        }
+        if expired > 0 {
+            self.stats
+                .records_expired
+                .fetch_add(expired as u64, Ordering::Relaxed);
+            tracing::info!(expired, "dropped records older than the retention period");
+        }
+        self.acks.push((ack, duplicates, expired));
+    }
+
+    /// After a failure in the middle of a batch: what it added to
+    /// partitions is rolled back with the next commit's failure.
+    fn forget_pending(&mut self) {
+        for p in self.open.values_mut() {
+            if !p.digests.is_empty() {
+                p.failure
+                    .get_or_insert_with(|| "a batch could not be placed".into());
+            }
+        }
+    }
+
+    fn partition_for_write(&mut self, day: Day) -> Result<&mut OpenPartition, Error> {
+        if !self.open.contains_key(&day) {
+            let opened = self.open_for_write(day)?;
+            self.open.insert(day, opened);
+        }
+        self.open
+            .get_mut(&day)
+            .ok_or_else(|| Error::Unavailable("partition vanished".into()))
+    }
+
+    fn open_for_write(&mut self, day: Day) -> Result<OpenPartition, Error> {
+        let data_dir = &self.config.data_dir;
+        let index = match self.indexes.get(&day) {
+            Some(index) => index.clone(),
+            None => {
+                let index = partition::open_index(data_dir, day, &self.schema, true)?;
+                self.ledger.append(EntryBody::PartitionCreated {
+                    partition: day.name(),
+                })?;
+                tracing::info!(partition = %day, "partition created");
+                self.indexes.insert(day, index.clone());
+                index
+            }
+        };
+        let payload = CommitPayload::parse(index.load_metas()?.payload.as_deref());
+        let chain = ChainFile::open(
+            &partition::partition_dir(data_dir, day).join(partition::CHAIN_FILE),
+            Some(payload.map_or(0, |p| p.chain_seq)),
+            self.config.hmac_key.clone(),
+        )?;
+        let writer: IndexWriter<TantivyDocument> = index.writer_with_num_threads(
+            self.config.writer_threads.max(1),
+            self.config.writer_heap_bytes,
+        )?;
+        // Bounded segment counts while ingest goes on: merge early and
+        // keep small segments from piling up between commits.
+        let mut policy = LogMergePolicy::default();
+        policy.set_min_num_segments(4);
+        policy.set_max_docs_before_merge(5_000_000);
+        writer.set_merge_policy(Box::new(policy));
+        let reader = match self.views.read().ok().and_then(|v| v.get(&day).cloned()) {
+            Some(view) => view.reader,
+            None => {
+                let reader = reader_of(&index)?;
+                if let Ok(mut views) = self.views.write() {
+                    views.insert(
+                        day,
+                        View {
+                            reader: reader.clone(),
+                        },
+                    );
+                }
+                reader
+            }
+        };
+        let known = KnownRecords::load(&reader, self.schema.key)?;
+        tracing::debug!(partition = %day, records = known.committed.len(), "partition open for writing");
+        Ok(OpenPartition {
+            index,
+            writer,
+            reader,
+            known,
+            chain,
+            digests: Vec::new(),
+            failure: None,
+            last_write: Instant::now(),
+        })
+    }
+
+    fn commit(&mut self) {
+        self.since = None;
+        let acks = std::mem::take(&mut self.acks);
+        if acks.is_empty() {
+            return;
+        }
+        let mut failure: Option<String> = None;
+        let mut added = 0u64;
+        for (day, p) in self.open.iter_mut() {
+            if p.digests.is_empty() && p.failure.is_none() {
+                continue;
+            }
+            match commit_partition(p) {
+                Ok(n) => added += n,
+                Err(e) => {
+                    tracing::error!(partition = %day, error = %e, "partition commit failed; batches are refused and will be resent");
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        let result = match failure {
+            None => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .records_indexed
+                    .fetch_add(added, Ordering::Relaxed);
+                let segments: usize = self
+                    .views
+                    .read()
+                    .map(|v| {
+                        v.values()
+                            .map(|v| v.reader.searcher().segment_readers().len())
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                self.stats
+                    .segments
+                    .store(segments as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Some(e) => {
+                self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        };
+        for (ack, duplicates, expired) in acks {
+            let _ = ack.send(result.clone().map(|()| (duplicates, expired)));
+        }
+    }
+
+    fn close_idle_writers(&mut self) {
+        let today = Day::of(Utc::now());
+        let timeout = self.config.idle_writer_timeout;
+        let idle: Vec<Day> = self
+            .open
+            .iter()
+            .filter(|(day, p)| {
+                **day != today && p.digests.is_empty() && p.last_write.elapsed() >= timeout
+            })
+            .map(|(day, _)| *day)
+            .collect();
+        for day in idle {
+            if let Some(p) = self.open.remove(&day) {
+                let _ = p.writer.wait_merging_threads();
+                tracing::debug!(partition = %day, "closed idle partition writer");
+            }
+        }
+    }
+
+    /// Removes partitions past retention; updates the size gauges.
+    fn retention_pass(&mut self) {
+        self.last_retention = Some(Instant::now());
+        let data_dir = self.config.data_dir.clone();
+        let oldest = self.oldest_kept_day();
+        let mut sizes: Vec<(Day, u64)> = self
+            .indexes
+            .keys()
+            .map(|day| {
+                (
+                    *day,
+                    partition::disk_usage(&partition::partition_dir(&data_dir, *day)),
+                )
+            })
+            .collect();
+        let mut total: u64 = sizes.iter().map(|(_, s)| s).sum();
+        let today = Day::of(Utc::now());
+        let mut remove: Vec<(Day, u64, String)> = Vec::new();
+        for (day, size) in &sizes {
+            if oldest.is_some_and(|o| *day < o) {
+                remove.push((*day, *size, "age".into()));
+                total -= size;
+            }
+        }
+        if let Some(max) = self.config.retention.max_bytes {
+            for (day, size) in &sizes {
+                if total <= max || *day >= today {
+                    break;
+                }
+                if remove.iter().any(|(d, _, _)| d == day) {
+                    continue;
+                }
+                remove.push((*day, *size, "size".into()));
+                total -= size;
+            }
+        }
+        for (day, size, reason) in remove {
+            match self.remove_partition(day, &reason) {
+                Ok(records) => {
+                    sizes.retain(|(d, _)| *d != day);
+                    self.stats
+                        .partitions_removed
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .partition_bytes_removed
+                        .fetch_add(size, Ordering::Relaxed);
+                    self.stats
+                        .partition_records_removed
+                        .fetch_add(records, Ordering::Relaxed);
+                    tracing::info!(partition = %day, reason, bytes = size, records, "retention removed a partition");
+                }
+                Err(e) => {
+                    tracing::error!(partition = %day, error = %e, "retention could not remove a partition")
+                }
+            }
+        }
+        self.stats
+            .partitions
+            .store(sizes.len() as u64, Ordering::Relaxed);
+        self.stats
+            .disk_bytes
+            .store(sizes.iter().map(|(_, s)| s).sum::<u64>(), Ordering::Relaxed);
+    }
+
+    /// Records the removal in the ledger, then deletes the partition.
+    fn remove_partition(&mut self, day: Day, reason: &str) -> Result<u64, Error> {
+        if let Some(p) = self.open.remove(&day) {
+            let _ = p.writer.wait_merging_threads();
+        }
+        let data_dir = self.config.data_dir.clone();
+        let dir = partition::partition_dir(&data_dir, day);
+        let (last_seq, head, records) = match self.indexes.get(&day) {
+            Some(index) => {
+                let payload = CommitPayload::parse(index.load_metas()?.payload.as_deref())
+                    .unwrap_or_default();
+                let records = reader_of(index)?.searcher().num_docs();
+                (payload.chain_seq, payload.chain_head, records)
+            }
+            None => (0, chain::GENESIS.to_owned(), 0),
+        };
+        self.ledger.append(EntryBody::PartitionRemoved {
+            partition: day.name(),
+            reason: reason.into(),
+            records,
+            last_seq,
+            head,
+        })?;
+        if let Ok(mut views) = self.views.write() {
+            views.remove(&day);
+        }
+        self.indexes.remove(&day);
+        // Rename first so that a crash mid-delete leaves no half partition
+        // under `partitions/` (searches holding it keep their mmaps).
+        let trash = data_dir.join("trash");
+        std::fs::create_dir_all(&trash).map_err(|e| Error::io(&trash, e))?;
+        let doomed = trash.join(format!(
+            "{}-{}",
+            day.name(),
+            Utc::now().timestamp_nanos_opt().unwrap_or(0)
+        ));
+        std::fs::rename(&dir, &doomed).map_err(|e| Error::io(&dir, e))?;
+        std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))?;
+        Ok(records)
     }
 }
 
-fn commit(
-    writer: &mut IndexWriter<TantivyDocument>,
-    reader: &IndexReader,
-    pending: &mut PendingCommit,
-    known: &mut KnownRecords,
-    stats: &StoreStats,
-) {
-    let batch = std::mem::take(pending);
-    if batch.acks.is_empty() {
-        return;
+/// Commits one partition: chain entry first, then the index with the entry
+/// named in its payload. Returns the records it added.
+fn commit_partition(p: &mut OpenPartition) -> Result<u64, String> {
+    let mut digests = std::mem::take(&mut p.digests);
+    let records = digests.len() as u64;
+    if let Some(e) = p.failure.take() {
+        rollback(p);
+        return Err(e);
     }
-    let result = match batch.failure {
-        Some(e) => Err(e),
-        // A batch of replays only: nothing new to make durable.
-        None if batch.docs == 0 => Ok(()),
-        None => writer.commit().map(|_| ()).map_err(|e| e.to_string()),
+    let (prev_head, prev_seq) = {
+        let (h, s) = p.chain.head();
+        (h.to_owned(), s)
     };
-    match &result {
-        Ok(()) => {
-            known.committed.extend(known.pending.drain());
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats
-                .records_indexed
-                .fetch_add(batch.docs, Ordering::Relaxed);
-            if let Err(e) = reader.reload() {
+    let prev_len = p.chain.len();
+    let events_sha256 = hex::encode(chain::batch_digest(&mut digests));
+    let entry = p
+        .chain
+        .append(EntryBody::Batch {
+            records,
+            events_sha256,
+        })
+        .map_err(|e| e.to_string())?;
+    let payload = serde_json::to_string(&CommitPayload {
+        chain_seq: entry.seq,
+        chain_head: entry.hash.clone(),
+    })
+    .unwrap_or_default();
+    let committed = p.writer.prepare_commit().and_then(|mut prepared| {
+        prepared.set_payload(&payload);
+        prepared.commit()
+    });
+    match committed {
+        Ok(_) => {
+            p.known.committed.extend(p.known.pending.drain());
+            if let Err(e) = p.reader.reload() {
                 tracing::warn!(error = %e, "index reader reload failed");
             }
+            Ok(records)
         }
         Err(e) => {
-            stats.commit_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "index commit failed; batches are refused and will be resent");
-            // Drop what this commit would have held: nothing was acknowledged.
-            known.pending.clear();
-            if let Err(e) = writer.rollback() {
-                tracing::error!(error = %e, "index rollback failed");
+            if let Err(e) = p.chain.truncate_to(prev_len, prev_head, prev_seq) {
+                tracing::error!(error = %e, "cannot take back a chain entry");
             }
+            rollback(p);
+            Err(e.to_string())
         }
     }
-    for (ack, duplicates) in batch.acks {
-        let _ = ack.send(result.clone().map(|()| duplicates));
+}
+
+fn rollback(p: &mut OpenPartition) {
+    p.known.pending.clear();
+    p.digests.clear();
+    if let Err(e) = p.writer.rollback() {
+        tracing::error!(error = %e, "index rollback failed");
     }
+    let _ = &p.index;
 }

@@ -22,8 +22,16 @@ fn fixtures() -> PathBuf {
     dir
 }
 
-/// Every audit event of the three corpora, as the collector would send them.
+/// Every audit event of the three corpora, as the collector would send them,
+/// except repeats of an identical event (same `auditID`, `stage` and
+/// content): the store keeps those once, by design (see
+/// `an_identical_audit_event_is_stored_once`).
 fn corpus() -> Vec<u8> {
+    corpus_with_repeats(false)
+}
+
+fn corpus_with_repeats(repeats: bool) -> Vec<u8> {
+    let mut seen = std::collections::HashSet::new();
     let mut w = BatchWriter::new();
     for file in [
         "falco-traces/falco_k8s_audit_traces.jsonl",
@@ -40,6 +48,10 @@ fn corpus() -> Vec<u8> {
                 let Parsed::Event { raw, timestamp } = parsed else {
                     panic!("{file}:{n}")
                 };
+                let has_audit_id = raw.contains("\"auditID\"");
+                if !repeats && has_audit_id && !seen.insert(raw.to_string()) {
+                    continue;
+                }
                 let mut flags = vec![];
                 let timestamp = timestamp.unwrap_or_else(|| {
                     flags.push(Flag::TimeInferred);
@@ -119,7 +131,8 @@ async fn every_event_is_stored_whole_and_searchable_by_field() {
     let dir = tempfile::tempdir().unwrap();
     let (store, events) = loaded_store(dir.path()).await;
     assert_eq!(store.num_docs() as usize, events.len());
-    assert_eq!(events.len(), 51 + 222 + 37);
+    // The corpora's 51 + 222 + 37 events, less one exact repeat.
+    assert_eq!(events.len(), 51 + 222 + 37 - 1);
 
     // Every original field comes back under its own name.
     let resp = store
@@ -365,10 +378,38 @@ async fn replayed_records_are_stored_once_also_across_restarts() {
     let mut records = wire::decode(&corpus()).unwrap();
     records.truncate(100);
     for r in records.iter_mut().take(50) {
+        // A new record: new id, and (audit events being keyed by content
+        // too) a field that makes it a different event.
         r.id.push_str("-new");
+        r.event.insert("variant".into(), Value::Bool(true));
     }
     let receipt = store.ingest(records).await.unwrap();
     assert_eq!(receipt.duplicates, 50);
     assert_eq!(store.num_docs() as usize, n + 50);
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_identical_audit_event_is_stored_once() {
+    // The Panther corpus holds one event twice, byte for byte (same
+    // auditID and stage): an API server retrying a webhook batch, or the
+    // same event read from the log and received by webhook, looks the same.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+    let with = wire::decode(&corpus_with_repeats(true)).unwrap();
+    let without = wire::decode(&corpus()).unwrap().len();
+    assert_eq!(with.len(), without + 1);
+    let receipt = store.ingest(with).await.unwrap();
+    assert_eq!(receipt.duplicates, 1);
+    assert_eq!(store.num_docs() as usize, without);
+    // Same auditID and stage but different content (test traces reuse
+    // auditIDs): both are kept.
+    let mut records = wire::decode(&corpus()).unwrap();
+    records.truncate(2);
+    let mut b = records[0].clone();
+    b.id.push_str("-variant");
+    b.event.insert("verb".into(), Value::String("patch".into()));
+    let receipt = store.ingest(vec![b]).await.unwrap();
+    assert_eq!(receipt.duplicates, 0);
     store.shutdown().await;
 }

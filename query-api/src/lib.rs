@@ -7,6 +7,7 @@
 pub mod auth;
 mod error;
 mod ingest;
+mod metrics;
 mod search;
 pub mod tls;
 mod webhook;
@@ -62,14 +63,50 @@ pub fn router(store: Store, config: ApiConfig) -> Router {
     router_with(store, config, ApiOptions::default())
 }
 
-/// The whole API, with ingest authentication and webhook defaults.
+/// The whole API, with ingest authentication and webhook defaults, on one
+/// listener: [`ingest_router`] and [`api_router`] merged.
 pub fn router_with(store: Store, config: ApiConfig, options: ApiOptions) -> Router {
-    let body_limit = config.max_body_bytes;
     let state = AppState {
         store,
         config: Arc::new(config),
         options: Arc::new(options),
     };
+    ingest_routes(state.clone())
+        .merge(api_routes(state.clone()))
+        .fallback(get(dashboard))
+        .with_state(state)
+}
+
+/// What collectors and the API server's audit webhook talk to: ingest
+/// endpoints and `/healthz`. Served on its own listener (`--listen`, with
+/// mutual TLS in a cluster) when the API has one of its own.
+pub fn ingest_router(store: Store, config: ApiConfig, options: ApiOptions) -> Router {
+    let state = AppState {
+        store,
+        config: Arc::new(config),
+        options: Arc::new(options),
+    };
+    ingest_routes(state.clone())
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(uri.path().to_owned()) })
+        .with_state(state)
+}
+
+/// What people and Prometheus talk to: search, metrics, probes and the
+/// dashboard (`--api-listen`).
+pub fn api_router(store: Store, config: ApiConfig, options: ApiOptions) -> Router {
+    let state = AppState {
+        store,
+        config: Arc::new(config),
+        options: Arc::new(options),
+    };
+    api_routes(state.clone())
+        .fallback(get(dashboard))
+        .with_state(state)
+}
+
+fn ingest_routes(state: AppState) -> Router<AppState> {
+    let body_limit = state.config.max_body_bytes;
     let ingest_auth = axum::middleware::from_fn_with_state(state.clone(), require_ingest_token);
     let declared_size =
         axum::middleware::from_fn_with_state(state.clone(), webhook::reject_declared_oversize);
@@ -88,11 +125,14 @@ pub fn router_with(store: Store, config: ApiConfig, options: ApiOptions) -> Rout
                 .layer(declared_size)
                 .layer(ingest_auth),
         )
+}
+
+fn api_routes(_state: AppState) -> Router<AppState> {
+    Router::new()
         .route("/api/v1/search", get(search::search))
+        .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
-        .fallback(get(dashboard))
-        .with_state(state)
 }
 
 /// With a tokens file configured, only ingest and admin tokens may send events.

@@ -141,3 +141,75 @@ async fn health_and_dashboard() {
     assert_eq!(call(&app, get("/nope")).await.0, StatusCode::NOT_FOUND);
     store.shutdown().await;
 }
+
+#[tokio::test]
+async fn ingest_and_api_routers_serve_only_their_own_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+    let options = ward_query_api::ApiOptions::default();
+    let ingest_app =
+        ward_query_api::ingest_router(store.clone(), ApiConfig::default(), options.clone());
+    let api_app = ward_query_api::api_router(store.clone(), ApiConfig::default(), options);
+    let (status, _) = call(&ingest_app, ingest(batch(3), None)).await;
+    assert_eq!(status, StatusCode::OK);
+    // Search and metrics are not reachable on the ingest port...
+    assert_eq!(
+        call(&ingest_app, get("/api/v1/search?q=*")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&ingest_app, get("/metrics")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(call(&ingest_app, get("/healthz")).await.0, StatusCode::OK);
+    // ...and ingest is not reachable on the API port.
+    let (status, _) = call(&api_app, ingest(batch(3), None)).await;
+    assert_ne!(status, StatusCode::OK);
+    let (status, body) = call(&api_app, get("/api/v1/search?q=*")).await;
+    assert_eq!((status, body["total"].as_u64()), (StatusCode::OK, Some(3)));
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_count_records_replays_and_redactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+    let app = router(store.clone(), ApiConfig::default());
+    call(&app, ingest(batch(4), None)).await;
+    call(&app, ingest(batch(2), None)).await;
+    let mut w = BatchWriter::new();
+    w.push(&Record {
+        id: "secret-line".into(),
+        source: SourceKind::Container,
+        timestamp: chrono::DateTime::from_timestamp(1_700_000_100, 0).unwrap(),
+        cluster: None,
+        node: None,
+        flags: vec![],
+        parse_error: None,
+        file: None,
+        offset: None,
+        event: json!({"message": "dsn=postgres://app:hunter2@db/x"}),
+    })
+    .unwrap();
+    call(&app, ingest(w.take(), None)).await;
+    let resp = app.clone().oneshot(get("/metrics")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    for line in [
+        "ward_indexer_records_indexed_total 5",
+        "ward_indexer_duplicates_dropped_total 2",
+        "ward_indexer_searchable_records 5",
+        "ward_indexer_redaction_enabled 1",
+        "ward_indexer_redactions_total{rule=\"url-password\"} 1",
+        "ward_indexer_redactions_total{rule=\"secret-data\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+    }
+    store.shutdown().await;
+}

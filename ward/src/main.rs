@@ -43,6 +43,45 @@ enum Command {
     /// Work with detection rules.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Check the data directory's hash chains against the stored events.
+    Verify(VerifyArgs),
+    /// Write a consistent copy of a data directory (also while the indexer runs).
+    Snapshot(SnapshotArgs),
+    /// Restore a snapshot into a new data directory.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// The indexer's data directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// The key the chains were signed with (`ward indexer --hmac-key`).
+    #[arg(long)]
+    hmac_key: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct SnapshotArgs {
+    /// The indexer's data directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// The snapshot file to write (a zstd-compressed tar).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    /// The snapshot file.
+    #[arg(long)]
+    snapshot: PathBuf,
+    /// The data directory to create (must not exist, or be empty).
+    #[arg(long)]
+    data: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,8 +114,29 @@ struct IndexerArgs {
     /// Data directory of the index.
     #[arg(long)]
     data: PathBuf,
+    /// Ingest listener (collectors, audit webhook); also the API's unless
+    /// --api-listen is given.
     #[arg(long, default_value = "127.0.0.1:7171")]
     listen: SocketAddr,
+    /// Serve search, dashboard, probes and /metrics on this address instead,
+    /// with TLS but without client certificates.
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
+    /// Remove days older than this (e.g. `30d`, `12h`); by default data is kept.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retention: Option<Duration>,
+    /// Remove the oldest days while the index is larger than this (e.g. `500GiB`).
+    #[arg(long, value_parser = parse_size)]
+    retention_size: Option<u64>,
+    /// Sign each hash-chain entry with HMAC-SHA256 and this key file (16 bytes or more).
+    #[arg(long)]
+    hmac_key: Option<PathBuf>,
+    /// Store Secret data and credentials in log lines as they came (not recommended).
+    #[arg(long)]
+    no_redaction: bool,
+    /// Extra masking pattern for container messages, `NAME=REGEX` (repeatable).
+    #[arg(long = "redact-pattern")]
+    redact_patterns: Vec<String>,
     /// PEM certificate chain to serve TLS with (needs --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -96,14 +156,41 @@ struct IndexerArgs {
 }
 
 impl IndexerArgs {
+    fn store_config(&self) -> anyhow::Result<ward_indexer::StoreConfig> {
+        let mut config = ward_indexer::StoreConfig::new(&self.data);
+        config.retention = ward_indexer::Retention {
+            max_age: self.retention,
+            max_bytes: self.retention_size,
+        };
+        config.hmac_key = self
+            .hmac_key
+            .as_deref()
+            .map(ward_indexer::chain::HmacKey::from_file)
+            .transpose()
+            .context("--hmac-key")?;
+        let mut patterns = ward_indexer::redact::default_patterns();
+        for spec in &self.redact_patterns {
+            patterns.push(ward_indexer::redact::Pattern::parse(spec).context("--redact-pattern")?);
+        }
+        config.redactor = std::sync::Arc::new(if self.no_redaction {
+            ward_indexer::redact::Redactor::off()
+        } else {
+            ward_indexer::redact::Redactor::new(true, patterns).context("--redact-pattern")?
+        });
+        Ok(config)
+    }
+
     fn security(&self) -> anyhow::Result<serve::Security> {
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(ward_query_api::tls::server_config(
-                cert,
-                key,
-                self.client_ca.as_deref(),
-            )?),
-            _ => None,
+        let (tls, api_tls) = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => (
+                Some(ward_query_api::tls::server_config(
+                    cert,
+                    key,
+                    self.client_ca.as_deref(),
+                )?),
+                Some(ward_query_api::tls::server_config(cert, key, None)?),
+            ),
+            _ => (None, None),
         };
         let tokens = self
             .tokens
@@ -114,6 +201,7 @@ impl IndexerArgs {
             .map(std::sync::Arc::new);
         Ok(serve::Security {
             tls,
+            api_tls,
             options: ward_query_api::ApiOptions {
                 tokens,
                 cluster: self.cluster.clone(),
@@ -247,9 +335,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Up(args) => up(args).await,
             Command::Indexer(args) => {
-                let security = args.security()?;
-                serve::indexer_with(&args.data, args.listen, security, serve::shutdown_signal())
-                    .await
+                let indexer = serve::Indexer {
+                    store: args.store_config()?,
+                    listen: args.listen,
+                    api_listen: args.api_listen,
+                    security: args.security()?,
+                };
+                serve::run_indexer(indexer, serve::shutdown_signal()).await
+            }
+            Command::Verify(args) => verify(&args),
+            Command::Snapshot(args) => {
+                let manifest = ward_indexer::snapshot::create(&args.data, &args.out)
+                    .context("snapshot failed")?;
+                let records: u64 = manifest.partitions.iter().map(|p| p.records).sum();
+                println!(
+                    "snapshot {}: {} partitions, {records} records",
+                    args.out.display(),
+                    manifest.partitions.len()
+                );
+                Ok(())
+            }
+            Command::Restore(args) => {
+                let manifest = ward_indexer::snapshot::restore(&args.snapshot, &args.data)
+                    .context("restore failed")?;
+                println!(
+                    "restored {} partitions into {} (snapshot of {}); run `ward verify --data {}`",
+                    manifest.partitions.len(),
+                    args.data.display(),
+                    manifest.created,
+                    args.data.display()
+                );
+                Ok(())
             }
             Command::Collector(args) => {
                 ward_collector::run((*args).into_config()?, serve::shutdown_signal())
@@ -260,6 +376,65 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Rules(RulesCommand::Test { rules, files }) => rules_test(&rules, &files),
         }
     })
+}
+
+/// `ward verify`: exit status 0 only when everything is intact.
+fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
+    let key = args
+        .hmac_key
+        .as_deref()
+        .map(ward_indexer::chain::HmacKey::from_file)
+        .transpose()
+        .context("--hmac-key")?;
+    let report = ward_indexer::verify::verify(&args.data, key.as_ref()).context("verify failed")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for problem in &report.ledger {
+            println!("ledger: {problem}");
+        }
+        for p in &report.partitions {
+            let status = serde_json::to_value(p.status)?;
+            println!(
+                "{}  {:<10}  {} batches, {} records",
+                p.partition,
+                status.as_str().unwrap_or("?"),
+                p.batches,
+                p.records
+            );
+            for problem in &p.problems {
+                println!("    {problem}");
+            }
+        }
+    }
+    if report.is_intact() {
+        Ok(())
+    } else {
+        anyhow::bail!("the data directory is not intact")
+    }
+}
+
+/// `500GiB`, `20G`, `1048576`: binary units, with or without `iB`/`B`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 500GiB"))?;
+    let shift = match unit.trim().trim_end_matches("iB").trim_end_matches('B') {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        other => return Err(format!("unknown size unit {other:?} (use K, M, G or T)")),
+    };
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// `ward rules test`: load errors on stderr, never fatal; alerts on stdout.
@@ -324,4 +499,20 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .context("collector failed")?;
     indexer.await.context("indexer panicked")??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("500GiB"), Ok(500 << 30));
+        assert_eq!(parse_size("20G"), Ok(20 << 30));
+        assert_eq!(parse_size("4KB"), Ok(4096));
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("GiB").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 }

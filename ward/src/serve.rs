@@ -5,15 +5,31 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context;
-use ward_indexer::{Store, StoreConfig};
-use ward_query_api::{ApiConfig, ApiOptions, router_with};
+use std::sync::Arc;
 
-/// TLS and tokens of the indexer's listener (`--tls-cert`, `--tls-key`,
+use ward_indexer::{Store, StoreConfig};
+use ward_query_api::{ApiConfig, ApiOptions, api_router, ingest_router, router_with};
+
+/// TLS and tokens of the indexer's listeners (`--tls-cert`, `--tls-key`,
 /// `--client-ca`, `--tokens`) and the webhook's default cluster.
 #[derive(Debug, Default)]
 pub struct Security {
-    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// TLS of the ingest listener (with client certificates when `--client-ca`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS of the API listener: the same certificate, no client certificates
+    /// (people, probes and Prometheus present none).
+    pub api_tls: Option<Arc<rustls::ServerConfig>>,
     pub options: ApiOptions,
+}
+
+/// Everything `ward indexer` runs with.
+pub struct Indexer {
+    pub store: StoreConfig,
+    /// Ingest (and, without `api_listen`, everything else).
+    pub listen: SocketAddr,
+    /// Search API, dashboard, probes and `/metrics` on a listener of their own.
+    pub api_listen: Option<SocketAddr>,
+    pub security: Security,
 }
 
 /// Serves the API until `shutdown` resolves; then stops accepting, lets
@@ -23,40 +39,96 @@ pub async fn indexer(
     listen: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    indexer_with(data, listen, Security::default(), shutdown).await
+    run_indexer(
+        Indexer {
+            store: StoreConfig::new(data),
+            listen,
+            api_listen: None,
+            security: Security::default(),
+        },
+        shutdown,
+    )
+    .await
 }
 
-/// [`indexer`], with TLS and ingest tokens when configured.
-pub async fn indexer_with(
-    data: &Path,
-    listen: SocketAddr,
-    security: Security,
+/// [`indexer`], with every option.
+pub async fn run_indexer(
+    indexer: Indexer,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = Store::open(StoreConfig::new(data))
+    let data = indexer.store.data_dir.clone();
+    let store = Store::open(indexer.store)
         .with_context(|| format!("cannot open the index in {}", data.display()))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let Security {
+        tls,
+        api_tls,
+        options,
+    } = indexer.security;
+    let mut servers = tokio::task::JoinSet::new();
+    match indexer.api_listen {
+        None => {
+            let app = router_with(store.clone(), ApiConfig::default(), options);
+            servers.spawn(serve(indexer.listen, "api+ingest", app, tls, stopped()));
+        }
+        Some(api_listen) => {
+            let ingest = ingest_router(store.clone(), ApiConfig::default(), options.clone());
+            servers.spawn(serve(indexer.listen, "ingest", ingest, tls, stopped()));
+            let api = api_router(store.clone(), ApiConfig::default(), options);
+            servers.spawn(serve(api_listen, "api", api, api_tls, stopped()));
+        }
+    }
+    tracing::info!(data = %data.display(), "indexer running");
+    let mut result = Ok(());
+    while let Some(joined) = servers.join_next().await {
+        let outcome = joined.context("server task panicked").and_then(|r| r);
+        if let Err(e) = outcome {
+            // One listener failing stops the others: a half-served indexer
+            // would look healthy to one side and dead to the other.
+            servers.abort_all();
+            result = Err(e);
+        }
+    }
+    store.shutdown().await;
+    tracing::info!("indexer stopped");
+    result
+}
+
+async fn serve(
+    listen: SocketAddr,
+    role: &'static str,
+    app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(listen = %listener.local_addr().unwrap_or(listen), data = %data.display(), tls = security.tls.is_some(), tokens = security.options.tokens.is_some(), "indexer listening");
-    let app = router_with(store.clone(), ApiConfig::default(), security.options);
-    match security.tls {
+    tracing::info!(listen = %listener.local_addr().unwrap_or(listen), role, tls = tls.is_some(), "listening");
+    match tls {
         Some(tls) => {
             let listener = ward_query_api::tls::TlsListener::new(listener, tls)
                 .context("cannot start the tls listener")?;
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
-                .context("server failed")?;
+                .context("server failed")
         }
         None => axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
-            .context("server failed")?,
+            .context("server failed"),
     }
-    store.shutdown().await;
-    tracing::info!("indexer stopped");
-    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

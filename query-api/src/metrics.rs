@@ -1,0 +1,123 @@
+//! `GET /metrics`: the indexer's counters in Prometheus text format.
+//!
+//! Written by hand rather than through a metrics registry: the values
+//! already live in the store's atomics, and the exposition format is a
+//! handful of lines.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use crate::AppState;
+
+pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let stats = state.store.stats();
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    };
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    metric(
+        "ward_indexer_records_indexed_total",
+        "counter",
+        "Records committed to the index.",
+        get(&stats.records_indexed),
+    );
+    metric(
+        "ward_indexer_batches_acknowledged_total",
+        "counter",
+        "Batches acknowledged after their commit.",
+        get(&stats.batches_acknowledged),
+    );
+    metric(
+        "ward_indexer_commits_total",
+        "counter",
+        "Group commits.",
+        get(&stats.commits),
+    );
+    metric(
+        "ward_indexer_commit_errors_total",
+        "counter",
+        "Commits that failed (their batches were refused and are resent).",
+        get(&stats.commit_errors),
+    );
+    metric(
+        "ward_indexer_duplicates_dropped_total",
+        "counter",
+        "Replayed records recognised and not stored again.",
+        get(&stats.duplicates_dropped),
+    );
+    metric(
+        "ward_indexer_records_expired_total",
+        "counter",
+        "Records older than the retention period when they arrived, dropped by policy.",
+        get(&stats.records_expired),
+    );
+    metric(
+        "ward_indexer_partitions_removed_total",
+        "counter",
+        "Partitions removed by retention.",
+        get(&stats.partitions_removed),
+    );
+    metric(
+        "ward_indexer_partition_records_removed_total",
+        "counter",
+        "Records in partitions removed by retention.",
+        get(&stats.partition_records_removed),
+    );
+    metric(
+        "ward_indexer_partition_bytes_removed_total",
+        "counter",
+        "Bytes of partitions removed by retention.",
+        get(&stats.partition_bytes_removed),
+    );
+    metric(
+        "ward_indexer_partitions",
+        "gauge",
+        "Partitions on disk.",
+        get(&stats.partitions),
+    );
+    metric(
+        "ward_indexer_disk_bytes",
+        "gauge",
+        "Bytes of all partitions on disk (as of the last retention pass).",
+        get(&stats.disk_bytes),
+    );
+    metric(
+        "ward_indexer_segments",
+        "gauge",
+        "Searchable segments over all partitions.",
+        get(&stats.segments),
+    );
+    metric(
+        "ward_indexer_searchable_records",
+        "gauge",
+        "Records visible to search.",
+        state.store.num_docs(),
+    );
+    let redactor = state.store.redactor();
+    let _ = writeln!(
+        out,
+        "# HELP ward_indexer_redaction_enabled Whether records are redacted before storage."
+    );
+    let _ = writeln!(out, "# TYPE ward_indexer_redaction_enabled gauge");
+    let _ = writeln!(
+        out,
+        "ward_indexer_redaction_enabled {}",
+        u8::from(redactor.is_enabled())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ward_indexer_redactions_total Values redacted before storage, by rule."
+    );
+    let _ = writeln!(out, "# TYPE ward_indexer_redactions_total counter");
+    for (rule, n) in redactor.counts() {
+        let _ = writeln!(out, "ward_indexer_redactions_total{{rule=\"{rule}\"}} {n}");
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
