@@ -8,13 +8,20 @@
 //! - [`document`]: one decoded record → one tantivy document;
 //! - [`query`]: the Lucene-like query language (parser and AST);
 //! - [`compile`]: query AST → tantivy query;
-//! - [`store`]: the index on disk, the single writer with group commit, and search.
+//! - [`store`]: the single writer with group commit, replay detection,
+//!   retention, and search over partitions;
+//! - [`partition`]: one tantivy index per UTC day, and the data directory's layout;
+//! - [`chain`]: per-partition hash chains and the ledger (tamper evidence);
+//! - [`verify`]: recomputes the chains from the stored records;
+//! - [`snapshot`]: consistent copies while the indexer runs, and restore;
+//! - [`redact`]: Secret data and credentials removed before storage.
 //!
-//! Crash semantics: a batch is acknowledged only after the tantivy commit
-//! that contains it has returned, and tantivy's commit is atomic and
+//! Crash semantics: a batch is acknowledged only after the tantivy commits
+//! that contain it have returned, and tantivy's commit is atomic and
 //! durable (it fsyncs segment files and then atomically replaces
 //! `meta.json`). A crash before the commit loses only unacknowledged
-//! batches, which the sender still holds and resends.
+//! batches, which the sender still holds and resends. Chain entries are
+//! fsynced before the commit they describe; see [`chain`].
 
 pub mod chain;
 pub mod compile;

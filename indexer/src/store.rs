@@ -436,7 +436,7 @@ impl Store {
             total += count as u64;
             candidates.extend(top.into_iter().map(|(t, a)| (t, i, a)));
         }
-        candidates.sort_by(|a, b| b.0.cmp(&a.0));
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
         let mut hits = Vec::with_capacity(candidates.len().min(request.limit));
         for (_, i, address) in candidates.into_iter().take(request.limit) {
             let doc: TantivyDocument = searchers[i].doc(address)?;

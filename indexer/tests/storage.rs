@@ -685,7 +685,7 @@ async fn secrets_are_redacted_before_storage_but_rules_see_them() {
     let q = format!("requestObject.data.password:\"{hashed}\"");
     assert_eq!(search(&store, &q, None, None).await.len(), 1);
     // The tap saw the originals.
-    let seen = tap.0.lock().unwrap();
+    let seen = tap.0.lock().unwrap().clone();
     assert_eq!(
         seen[0]["requestObject"]["data"]["password"],
         json!("aHVudGVyMg==")
@@ -696,7 +696,6 @@ async fn secrets_are_redacted_before_storage_but_rules_see_them() {
             .unwrap()
             .contains("abcdefghijklmnop123")
     );
-    drop(seen);
     let counts = store.redactor().counts();
     assert_eq!(
         counts.iter().find(|(n, _)| *n == "secret-data").unwrap().1,
