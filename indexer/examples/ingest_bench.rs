@@ -7,7 +7,8 @@
 //!
 //! Options: `--events N` (1,000,000), `--senders N` (batches in flight, 4),
 //! `--threads N` and `--heap-mib N` (tantivy writer, Ward's defaults),
-//! `--commit-ms N` (Ward's group commit interval, 250), `--dir PATH`
+//! `--commit-ms N` (Ward's group commit interval, 250), `--search-threads N`
+//! (threads searching in a loop during Ward's ingest, 0), `--dir PATH`
 //! (where the indexes are written; a temporary directory by default),
 //! `--only ward|raw`.
 //!
@@ -51,6 +52,7 @@ fn parse_args() -> Args {
             "--commit-ms" => {
                 args.settings.commit_interval = Duration::from_millis(number(value()) as u64)
             }
+            "--search-threads" => args.settings.search_threads = number(value()),
             "--dir" => args.dir = Some(value().into()),
             "--only" => args.only = Some(value()),
             "--bench" => {} // passed by `cargo bench`-style runners
@@ -62,7 +64,7 @@ fn parse_args() -> Args {
 
 fn usage(reason: &str) -> ! {
     eprintln!(
-        "{reason}\nusage: ingest_bench [--events N] [--senders N] [--threads N] [--heap-mib N] [--commit-ms N] [--dir PATH] [--only ward|raw]"
+        "{reason}\nusage: ingest_bench [--events N] [--senders N] [--threads N] [--heap-mib N] [--commit-ms N] [--search-threads N] [--dir PATH] [--only ward|raw]"
     );
     std::process::exit(2)
 }
@@ -142,6 +144,14 @@ fn main() {
         let dir = base.path().join("ward");
         let r = support::run_ward(&corpus, &s, &dir);
         assert_eq!(r.docs, corpus.events as u64, "every event is searchable");
+        if s.search_threads > 0 {
+            println!(
+                "ward: {} searches completed during ingest ({:.1}/s) on {} threads",
+                r.searches,
+                r.searches as f64 / r.ingest.wall.as_secs_f64(),
+                s.search_threads
+            );
+        }
         println!(
             "ward: {} commits; {:.1} CPU-s of merges after the last ack; index {:.1} MB",
             r.commits,

@@ -157,6 +157,8 @@ pub struct Settings {
     /// Batches in flight on the Ward path (the collector's default is 4).
     pub senders: usize,
     pub commit_interval: Duration,
+    /// Threads searching in a loop while the Ward path ingests (0: none).
+    pub search_threads: usize,
 }
 
 impl Default for Settings {
@@ -167,6 +169,7 @@ impl Default for Settings {
             writer_heap_bytes: defaults.writer_heap_bytes,
             senders: 4,
             commit_interval: defaults.commit_interval,
+            search_threads: 0,
         }
     }
 }
@@ -268,6 +271,8 @@ pub struct WardRun {
     pub ingest: Measured,
     pub commits: u64,
     pub docs: u64,
+    /// Searches completed while ingesting (with `search_threads`).
+    pub searches: u64,
     /// CPU spent by background merges after the last acknowledgement.
     pub trailing_cpu: Duration,
     pub index_bytes: u64,
@@ -284,10 +289,38 @@ pub fn run_ward(corpus: &Corpus, settings: &Settings, dir: &Path) -> WardRun {
     config.queue_timeout = Duration::from_secs(600);
     let store = Store::open(config).expect("open store");
     let next = AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let searches = AtomicUsize::new(0);
     let ((), ingest) = measure(|| {
         std::thread::scope(|s| {
+            for t in 0..settings.search_threads {
+                let (store, done, searches) = (&store, &done, &searches);
+                s.spawn(move || {
+                    // What an analyst runs: a selective term, a phrase, a
+                    // time-bounded query, each for the newest 100 hits.
+                    let queries = [
+                        "objectRef.resource:secrets AND verb:get",
+                        "user.username:\"system:serviceaccount:kube-system:replicaset-controller\"",
+                        "responseStatus.code:[400 TO 499]",
+                        "_exists_:impersonatedUser",
+                    ];
+                    let mut i = t;
+                    while !done.load(Ordering::Relaxed) {
+                        let request = ward_indexer::SearchRequest {
+                            query: queries[i % queries.len()].into(),
+                            start: None,
+                            end: None,
+                            limit: 100,
+                        };
+                        store.search_blocking(&request).expect("search");
+                        searches.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                });
+            }
+            let mut senders = Vec::new();
             for _ in 0..settings.senders.max(1) {
-                s.spawn(|| {
+                senders.push(s.spawn(|| {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(body) = corpus.batches.get(i) else {
@@ -298,8 +331,12 @@ pub fn run_ward(corpus: &Corpus, settings: &Settings, dir: &Path) -> WardRun {
                         drop(ndjson);
                         store.ingest_blocking(records).expect("ingest");
                     }
-                });
+                }));
             }
+            for sender in senders {
+                let _ = sender.join();
+            }
+            done.store(true, Ordering::Relaxed);
         });
     });
     let docs = store.num_docs();
@@ -313,6 +350,7 @@ pub fn run_ward(corpus: &Corpus, settings: &Settings, dir: &Path) -> WardRun {
     let trailing_cpu = wait_idle(Duration::from_secs(120));
     WardRun {
         ingest,
+        searches: searches.load(Ordering::Relaxed) as u64,
         commits,
         docs,
         trailing_cpu,
