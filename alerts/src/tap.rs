@@ -101,6 +101,11 @@ impl RulesTap {
         state.engine = Engine::new(rules);
     }
 
+    /// The rules running now (for a retro-hunt with the live rules).
+    pub fn rules(&self) -> RuleSet {
+        self.lock().engine.rules().clone()
+    }
+
     /// Number of loaded rules (detections and correlations).
     pub fn rule_count(&self) -> usize {
         self.lock().engine.rules().rules().len()
