@@ -139,16 +139,22 @@ impl RuleSet {
     /// (recursively, in name order). A path given explicitly as a file is
     /// loaded whatever its extension.
     pub fn load(paths: &[PathBuf]) -> (RuleSet, Vec<LoadError>) {
-        let mut errors = Vec::new();
-        let mut files = Vec::new();
-        for p in paths {
-            if p.is_dir() {
-                collect_dir(p, &mut files, &mut errors);
-            } else {
-                files.push(p.clone());
-            }
-        }
-        let mut sources = Vec::new();
+        RuleSet::load_with_builtin(false, paths)
+    }
+
+    /// [`RuleSet::load`], with the built-in pack first when `builtin` is
+    /// true, compiled as one set (a file's correlation or filter may refer
+    /// to a built-in rule).
+    pub fn load_with_builtin(builtin: bool, paths: &[PathBuf]) -> (RuleSet, Vec<LoadError>) {
+        let (files, mut errors) = RuleSet::files(paths);
+        let mut sources: Vec<(RuleSource, String)> = if builtin {
+            crate::builtin::FILES
+                .iter()
+                .map(|(name, text)| (RuleSource::Builtin((*name).to_owned()), (*text).to_owned()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         for f in files {
             match std::fs::read_to_string(&f) {
                 Ok(text) => sources.push((RuleSource::File(f), text)),
@@ -163,6 +169,22 @@ impl RuleSet {
         let (set, mut more) = RuleSet::build(sources);
         errors.append(&mut more);
         (set, errors)
+    }
+
+    /// The rule files `paths` name: files as given, and every `*.yml` /
+    /// `*.yaml` under directories, in name order; unreadable directories
+    /// are reported.
+    pub fn files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<LoadError>) {
+        let mut errors = Vec::new();
+        let mut files = Vec::new();
+        for p in paths {
+            if p.is_dir() {
+                collect_dir(p, &mut files, &mut errors);
+            } else {
+                files.push(p.clone());
+            }
+        }
+        (files, errors)
     }
 
     /// The built-in Kubernetes audit pack, embedded in the binary.

@@ -4,6 +4,7 @@
 //! owns process concerns: logging, signals, exit codes.
 
 mod demo;
+mod detect;
 mod search;
 mod serve;
 
@@ -56,6 +57,9 @@ enum RulesCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run rules over events an indexer already holds (retro-hunt); prints
+    /// one JSON alert per line. Alerts are not stored.
+    Hunt(detect::HuntArgs),
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +97,16 @@ struct IndexerArgs {
     /// Cluster recorded on audit webhook events that do not name one with `?cluster=`.
     #[arg(long)]
     cluster: Option<String>,
+    /// Sigma rule file or directory run on ingested audit events, besides
+    /// the built-in pack (repeatable); reloaded when the files change.
+    #[arg(long = "rules")]
+    rules: Vec<PathBuf>,
+    /// Do not load the built-in Kubernetes audit pack.
+    #[arg(long)]
+    no_builtin_rules: bool,
+    /// Alert sinks file (YAML): webhooks, Alertmanager, Slack, per level or rule.
+    #[arg(long)]
+    sinks: Option<PathBuf>,
 }
 
 impl IndexerArgs {
@@ -117,8 +131,17 @@ impl IndexerArgs {
             options: ward_query_api::ApiOptions {
                 tokens,
                 cluster: self.cluster.clone(),
+                alerts: None,
             },
         })
+    }
+
+    fn detection(&self) -> detect::Detection {
+        detect::Detection {
+            builtin: !self.no_builtin_rules,
+            rules: self.rules.clone(),
+            sinks: self.sinks.clone(),
+        }
     }
 }
 
@@ -248,8 +271,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Up(args) => up(args).await,
             Command::Indexer(args) => {
                 let security = args.security()?;
-                serve::indexer_with(&args.data, args.listen, security, serve::shutdown_signal())
-                    .await
+                serve::indexer_with(
+                    &args.data,
+                    args.listen,
+                    security,
+                    args.detection(),
+                    serve::shutdown_signal(),
+                )
+                .await
             }
             Command::Collector(args) => {
                 ward_collector::run((*args).into_config()?, serve::shutdown_signal())
@@ -258,6 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Search(args) => search::run(args).await,
             Command::Rules(RulesCommand::Test { rules, files }) => rules_test(&rules, &files),
+            Command::Rules(RulesCommand::Hunt(args)) => detect::hunt(args).await,
         }
     })
 }
@@ -311,6 +341,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("  ward search 'responseStatus.code:403'");
     println!("  ward search 'kubernetes.namespace:shop AND message:\"connection refused\"'");
     println!("  curl -s '{url}/api/v1/search?q=user.username:system\\:anonymous&limit=5'");
+    println!("  curl -s '{url}/api/v1/alerts?min_level=medium'   # alerts of the built-in rules");
     println!("Press Ctrl-C to stop.");
 
     serve::shutdown_signal().await;
