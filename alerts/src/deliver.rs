@@ -10,18 +10,25 @@
 //! A sink that fails is held back as a whole (jittered exponential backoff
 //! on its consecutive failures), so one dead receiver neither spins the
 //! loop nor delays the others.
+//!
+//! Alertmanager sinks are also refreshed: every `resend_secs` the loop
+//! posts every recent alert the sink takes, in one request, the way
+//! Prometheus re-sends firing alerts. Alertmanager keeps alerts in memory
+//! only; without this, a restart of Alertmanager would forget alerts that
+//! were delivered before it. A failed refresh is logged and tried at the
+//! next interval; the queue still guarantees each alert's first delivery.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use tokio::sync::Notify;
 
 use crate::error::Error;
-use crate::sink::{SinkConfig, SinksConfig};
-use crate::store::{AlertStore, StoredAlert};
+use crate::sink::{SinkConfig, SinkKind, SinksConfig};
+use crate::store::{AlertFilter, AlertStore, MAX_LIMIT, StoredAlert};
 
 /// Deliveries read from the queue per pass.
 const PASS: usize = 256;
@@ -72,14 +79,18 @@ impl Dispatcher {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut holds: HashMap<String, Hold> = HashMap::new();
+        let mut refreshed: HashMap<String, Instant> = HashMap::new();
         loop {
-            let sleep = match self.pass(&mut holds).await {
+            let mut sleep = match self.pass(&mut holds).await {
                 Ok(sleep) => sleep,
                 Err(e) => {
                     tracing::error!(error = %e, "alert delivery pass failed");
                     Duration::from_secs(1)
                 }
             };
+            if let Some(next) = self.refresh(&mut refreshed).await {
+                sleep = sleep.min(next);
+            }
             if sleep.is_zero() {
                 continue;
             }
@@ -153,6 +164,69 @@ impl Dispatcher {
             .map_or(IDLE, |d| d.clamp(Duration::from_millis(10), IDLE)))
     }
 
+    /// Re-sends recent alerts to Alertmanager sinks whose interval is up;
+    /// returns the time until the next refresh.
+    async fn refresh(&self, last: &mut HashMap<String, Instant>) -> Option<Duration> {
+        let mut next: Option<Duration> = None;
+        for sink in &self.sinks.sinks {
+            if sink.kind != SinkKind::Alertmanager || sink.resend_secs == 0 {
+                continue;
+            }
+            let every = Duration::from_secs(sink.resend_secs);
+            let since = last.get(&sink.name).map(Instant::elapsed);
+            if let Some(since) = since.filter(|s| *s < every) {
+                let left = every - since;
+                next = Some(next.map_or(left, |n| n.min(left)));
+                continue;
+            }
+            // The first pass after a start only marks the time: queued
+            // deliveries go first.
+            last.insert(sink.name.clone(), Instant::now());
+            next = Some(next.map_or(every, |n| n.min(every)));
+            if since.is_none() {
+                continue;
+            }
+            let store = self.store.clone();
+            let alerts = match blocking(move || {
+                store.list(&AlertFilter {
+                    limit: MAX_LIMIT,
+                    ..Default::default()
+                })
+            })
+            .await
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(sink = %sink.name, error = %e, "cannot read alerts to refresh");
+                    continue;
+                }
+            };
+            let now = Utc::now();
+            let horizon = now - TimeDelta::seconds(sink.ends_after_secs.min(1 << 40) as i64);
+            let body: Vec<serde_json::Value> = alerts
+                .iter()
+                .filter(|a| a.created >= horizon && sink.takes(a))
+                .filter_map(|a| match sink.body(a, now) {
+                    serde_json::Value::Array(mut v) => v.pop(),
+                    _ => None,
+                })
+                .collect();
+            if body.is_empty() {
+                continue;
+            }
+            let count = body.len();
+            match self.post(sink, &serde_json::Value::Array(body)).await {
+                Ok(()) => {
+                    tracing::debug!(sink = %sink.name, alerts = count, "alertmanager refreshed")
+                }
+                Err(e) => {
+                    tracing::warn!(sink = %sink.name, alerts = count, error = %e, "alertmanager refresh failed")
+                }
+            }
+        }
+        next
+    }
+
     async fn send(&self, sink: &SinkConfig, alert_id: u64) -> Result<(), String> {
         let store = self.store.clone();
         let alert: StoredAlert = match blocking(move || store.get(alert_id)).await {
@@ -160,12 +234,16 @@ impl Dispatcher {
             Err(e) => return Err(e.to_string()),
         };
         let body = sink.body(&alert, Utc::now());
+        self.post(sink, &body).await
+    }
+
+    async fn post(&self, sink: &SinkConfig, body: &serde_json::Value) -> Result<(), String> {
         let mut request = self
             .http
             .post(sink.endpoint())
             .timeout(Duration::from_secs(sink.timeout_secs.max(1)))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(&body).map_err(|e| e.to_string())?);
+            .body(serde_json::to_vec(body).map_err(|e| e.to_string())?);
         for (k, v) in &sink.headers {
             request = request.header(k.as_str(), v.as_str());
         }

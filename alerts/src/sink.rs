@@ -7,6 +7,8 @@
 //!     type: alertmanager          # POST <url>/api/v2/alerts
 //!     url: http://127.0.0.1:9093
 //!     min_level: high             # default when neither levels nor rules: medium
+//!     resend_secs: 60             # refresh Alertmanager's in-memory alerts
+//!     ends_after_secs: 86400      # endsAt, unless sent again
 //!   - name: soc
 //!     type: webhook               # the stored alert as JSON
 //!     url: https://soc.example/hooks/ward
@@ -89,6 +91,17 @@ pub struct SinkConfig {
     /// again resolves by itself.
     #[serde(default = "default_ends_after_secs")]
     pub ends_after_secs: u64,
+    /// Alertmanager: every this many seconds, send again every alert of
+    /// the last `ends_after_secs` this sink takes (closed ones with
+    /// `endsAt` at their closing), as Prometheus does: Alertmanager keeps
+    /// alerts in memory only, so this is what restores them after it
+    /// restarts. 0 turns it off.
+    #[serde(default = "default_resend_secs")]
+    pub resend_secs: u64,
+}
+
+fn default_resend_secs() -> u64 {
+    60
 }
 
 fn default_timeout_secs() -> u64 {
@@ -261,13 +274,18 @@ pub fn alertmanager_body(alert: &StoredAlert, now: DateTime<Utc>, ends_after_sec
     annotations.insert("audit_ids".into(), alert.audit_ids.join(",").into());
     annotations.insert("event_ids".into(), alert.event_ids.join(",").into());
     annotations.insert("event_time".into(), alert.timestamp.to_rfc3339().into());
-    let ends = alert.timestamp.max(now)
-        + TimeDelta::seconds(i64::try_from(ends_after_secs).unwrap_or(i64::MAX / 2_000));
+    let closed_at = (alert.status == crate::store::Status::Closed)
+        .then(|| alert.history.last().map(|h| h.at))
+        .flatten();
+    let ends = closed_at.unwrap_or_else(|| {
+        alert.timestamp.max(now)
+            + TimeDelta::seconds(i64::try_from(ends_after_secs).unwrap_or(i64::MAX / 2_000))
+    });
     json!([{
         "labels": labels,
         "annotations": annotations,
         "startsAt": alert.timestamp.to_rfc3339(),
-        "endsAt": ends.to_rfc3339(),
+        "endsAt": ends.max(alert.timestamp).to_rfc3339(),
     }])
 }
 
