@@ -8,6 +8,9 @@
 //! cargo run --release -p ward-alerts --example tap_bench -- --events 200000 --runs 2
 //! ```
 //!
+//! A third mode, `eval`, runs the same engine in a tap that drops what it
+//! raises: the cost of evaluation alone, without the alert store.
+//!
 //! The corpus is attack-dense (every copy of the fixtures carries its own
 //! auditIDs, so every copy of a triggering event raises new alerts): this is
 //! a worst case for the alert store, not a typical cluster.
@@ -26,21 +29,51 @@ use ward_alerts::{AlertStore, RulesTap, SinksConfig};
 use ward_event::wire;
 use ward_indexer::{IngestTap, Store, StoreConfig};
 
-fn run(corpus: &support::Corpus, tap: bool, dir: &std::path::Path) -> (Measured, u64, u64) {
+/// Evaluation only: the engine behind a mutex, alerts counted and dropped.
+struct EvalOnly {
+    engine: std::sync::Mutex<ward_rules::Engine>,
+}
+
+impl IngestTap for EvalOnly {
+    fn observe(&self, batch: &[ward_indexer::ParsedRecord]) {
+        let mut engine = self.engine.lock().unwrap();
+        let mut out = Vec::new();
+        for r in batch {
+            if r.hit.get("source").and_then(|v| v.as_str()) != Some("audit") {
+                continue;
+            }
+            let t = ward_rules::event_time(&r.hit).unwrap_or_default();
+            out.clear();
+            engine.process_map(&r.hit, t, &mut out);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Off,
+    Eval,
+    On,
+}
+
+fn run(corpus: &support::Corpus, mode: Mode, dir: &std::path::Path) -> (Measured, u64, u64) {
     let mut config = StoreConfig::new(dir);
     config.queue_timeout = Duration::from_secs(600);
     let alerts = AlertStore::open(&dir.join("alerts.redb")).unwrap();
-    let rules_tap = tap.then(|| {
-        let (rules, errors) = ward_rules::RuleSet::builtin();
-        assert!(errors.is_empty());
-        Arc::new(RulesTap::new(
+    let (rules, errors) = ward_rules::RuleSet::builtin();
+    assert!(errors.is_empty());
+    config.tap = match mode {
+        Mode::Off => None,
+        Mode::Eval => Some(Arc::new(EvalOnly {
+            engine: std::sync::Mutex::new(ward_rules::Engine::new(rules)),
+        }) as Arc<dyn IngestTap>),
+        Mode::On => Some(Arc::new(RulesTap::new(
             rules,
             alerts.clone(),
             Arc::new(SinksConfig::default()),
             None,
-        ))
-    });
-    config.tap = rules_tap.clone().map(|t| t as Arc<dyn IngestTap>);
+        )) as Arc<dyn IngestTap>),
+    };
     let store = Store::open(config).unwrap();
     let next = AtomicUsize::new(0);
     let ((), m) = measure(|| {
@@ -98,25 +131,29 @@ fn main() {
     );
     println!("| run | rules | wall s | CPU s | events/s | events per CPU-s | alerts stored |");
     println!("|---|---|---:|---:|---:|---:|---:|");
-    let mut per_cpu = [Vec::new(), Vec::new()];
+    let mut per_cpu = [Vec::new(), Vec::new(), Vec::new()];
     for r in 0..runs {
-        // Alternate the order so that drift in machine load hits both.
+        // Alternate the order so that drift in machine load hits all modes.
         let order = if r % 2 == 0 {
-            [false, true]
+            [Mode::Off, Mode::Eval, Mode::On]
         } else {
-            [true, false]
+            [Mode::On, Mode::Eval, Mode::Off]
         };
-        for tap in order {
+        for mode in order {
             let dir = tempfile::tempdir().unwrap();
-            let (m, docs, alerts) = run(&corpus, tap, dir.path());
+            let (m, docs, alerts) = run(&corpus, mode, dir.path());
             assert_eq!(docs as usize, events);
             let eps = events as f64 / m.wall.as_secs_f64();
             let epc = events as f64 / m.cpu.as_secs_f64();
-            per_cpu[usize::from(tap)].push(epc);
+            per_cpu[mode as usize].push(epc);
             println!(
                 "| {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {} |",
                 r + 1,
-                if tap { "on" } else { "off" },
+                match mode {
+                    Mode::Off => "off",
+                    Mode::Eval => "eval only",
+                    Mode::On => "on (alerts stored)",
+                },
                 m.wall.as_secs_f64(),
                 m.cpu.as_secs_f64(),
                 eps,
@@ -126,9 +163,10 @@ fn main() {
         }
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let (off, on) = (mean(&per_cpu[0]), mean(&per_cpu[1]));
+    let (off, eval, on) = (mean(&per_cpu[0]), mean(&per_cpu[1]), mean(&per_cpu[2]));
     println!(
-        "mean events per CPU-s: off {off:.0}, on {on:.0}; rules cost {:.1}% of CPU per event",
+        "mean events per CPU-s: off {off:.0}, eval only {eval:.0} (+{:.1}% CPU per event), on {on:.0} (+{:.1}%)",
+        (off / eval - 1.0) * 100.0,
         (off / on - 1.0) * 100.0
     );
     println!("load average at end: {}", load().trim());
