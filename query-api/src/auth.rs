@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | `collector`, `audit-webhook`, `ingest` | ingest | `POST /api/v1/ingest`, `POST /api/v1/k8s/audit` |
 //! | `reader`, `viewer` | viewer | (search; not enforced yet) |
-//! | `analyst` | analyst | (not enforced yet) |
+//! | `analyst` | analyst | change alert status, run retro-hunts |
 //! | `admin` | admin | everything |
 //!
 //! A name may repeat (several collector tokens, during a rotation). An
@@ -44,9 +44,15 @@ impl Role {
     pub fn may_ingest(self) -> bool {
         matches!(self, Role::Ingest | Role::Admin)
     }
+
+    /// Whether this role may change alerts and run retro-hunts.
+    pub fn may_triage(self) -> bool {
+        matches!(self, Role::Analyst | Role::Admin)
+    }
 }
 
 struct Entry {
+    name: String,
     role: Role,
     token: Vec<u8>,
 }
@@ -93,6 +99,7 @@ impl Tokens {
                 ));
             }
             entries.push(Entry {
+                name: name.to_owned(),
                 role,
                 token: token.as_bytes().to_vec(),
             });
@@ -117,11 +124,24 @@ impl Tokens {
 
     /// The role of an `Authorization` header value (`Bearer <token>`).
     pub fn role_of_header(&self, value: Option<&[u8]>) -> Option<Role> {
+        self.identity_of_header(value).map(|(role, _)| role)
+    }
+
+    /// The role and name (the line's `<name>`, recorded as who changed an
+    /// alert) of an `Authorization` header value.
+    pub fn identity_of_header(&self, value: Option<&[u8]>) -> Option<(Role, &str)> {
         let value = value?;
         let token = value
             .strip_prefix(b"Bearer ")
             .or_else(|| value.strip_prefix(b"bearer "))?;
-        self.role_of(token.trim_ascii())
+        let presented = token.trim_ascii();
+        let mut found = None;
+        for entry in &self.entries {
+            if bool::from(entry.token.as_slice().ct_eq(presented)) {
+                found = found.or(Some((entry.role, entry.name.as_str())));
+            }
+        }
+        found
     }
 }
 
@@ -142,6 +162,10 @@ mod tests {
         assert_eq!(t.role_of(b"webhook-token-1234567"), Some(Role::Ingest));
         assert_eq!(t.role_of(b"reader-token-12345678"), Some(Role::Viewer));
         assert!(!Role::Viewer.may_ingest());
+        assert_eq!(
+            t.identity_of_header(Some(b"Bearer reader-token-12345678")),
+            Some((Role::Viewer, "reader"))
+        );
         assert_eq!(t.role_of(b"c0llector-token-12345"), None, "prefix");
         assert_eq!(t.role_of_header(Some(b"c0llector-token-123456")), None);
         assert_eq!(t.role_of_header(None), None);

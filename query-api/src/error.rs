@@ -10,6 +10,8 @@ use thiserror::Error;
 pub enum ApiError {
     #[error(transparent)]
     Store(#[from] ward_indexer::Error),
+    #[error(transparent)]
+    Alerts(#[from] ward_alerts::Error),
     #[error("{0}")]
     BadRequest(String),
     #[error("unsupported content encoding {0:?}: send zstd or identity")]
@@ -30,19 +32,32 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    fn store_status(e: &ward_indexer::Error) -> StatusCode {
         use ward_event::Error as Wire;
         use ward_indexer::Error as Store;
+        match e {
+            Store::Query { .. } | Store::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Store::Wire(Wire::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Store::Wire(_) => StatusCode::BAD_REQUEST,
+            Store::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Store::Tantivy(_) | Store::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        use ward_alerts::Error as Alerts;
         match self {
-            ApiError::Store(Store::Query { .. }) | ApiError::Store(Store::InvalidRequest(_)) => {
-                StatusCode::BAD_REQUEST
-            }
-            ApiError::Store(Store::Wire(Wire::TooLarge { .. })) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Store(Store::Wire(_)) => StatusCode::BAD_REQUEST,
-            ApiError::Store(Store::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Store(Store::Tantivy(_)) | ApiError::Store(Store::Io { .. }) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ApiError::Store(e) => Self::store_status(e),
+            ApiError::Alerts(Alerts::NotFound(_)) => StatusCode::NOT_FOUND,
+            ApiError::Alerts(Alerts::InvalidRequest(_)) => StatusCode::BAD_REQUEST,
+            ApiError::Alerts(Alerts::Index(e)) => Self::store_status(e),
+            ApiError::Alerts(
+                Alerts::Db(_)
+                | Alerts::Encoding(_)
+                | Alerts::Io { .. }
+                | Alerts::Config { .. }
+                | Alerts::Delivery { .. },
+            ) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,

@@ -1,9 +1,11 @@
 //! Ward's HTTP API, served by the indexer process: batch ingest from
-//! collectors, search, health, and the embedded dashboard.
+//! collectors, search, alerts and retro-hunts (`alerts`), health, and the
+//! embedded dashboard.
 //!
 //! Handlers are thin: they parse parameters, call the store, and turn
 //! [`ApiError`] into a status code in one place ([`error`]).
 
+mod alerts;
 pub mod auth;
 mod error;
 mod ingest;
@@ -21,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ward_indexer::Store;
 
+pub use alerts::AlertsApi;
 pub use error::ApiError;
 
 /// Limits of the API.
@@ -49,6 +52,8 @@ pub struct ApiOptions {
     pub tokens: Option<Arc<auth::Tokens>>,
     /// Cluster recorded on webhook events that do not name one (`?cluster=`).
     pub cluster: Option<String>,
+    /// The alert store and live rules; alert routes answer 404 without it.
+    pub alerts: Option<AlertsApi>,
 }
 
 #[derive(Clone)]
@@ -131,6 +136,11 @@ fn api_routes(_state: AppState) -> Router<AppState> {
     Router::new()
         .route("/api/v1/search", get(search::search))
         .route("/metrics", get(metrics::metrics))
+        .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/alerts/sinks", get(alerts::sinks))
+        .route("/api/v1/alerts/{id}", get(alerts::get_one))
+        .route("/api/v1/alerts/{id}/status", post(alerts::set_status))
+        .route("/api/v1/rules/hunt", post(alerts::hunt))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
 }

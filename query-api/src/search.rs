@@ -35,7 +35,10 @@ pub(crate) async fn search(
     Ok(Json(state.store.search(request).await?))
 }
 
-fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+pub(crate) fn parse_time(
+    name: &str,
+    value: Option<&str>,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
     value
         .filter(|v| !v.is_empty())
         .map(|v| {

@@ -15,13 +15,16 @@ use serde_json::{Map, Value};
 
 use crate::Error;
 use crate::condition::{self, Cond};
-use crate::field;
+use crate::field::FieldCache;
 use crate::pattern::{Matcher, Modifiers};
 
 /// One `field|mods: values` item (or a keyword list when `field` is None).
 #[derive(Debug, Clone)]
 pub(crate) struct Item {
     pub(crate) field: Option<String>,
+    /// Interned id of `field` for the per-event [`FieldCache`]
+    /// (`u32::MAX` until the rule set assigns one).
+    pub(crate) field_id: u32,
     pub(crate) matchers: Vec<Matcher>,
     all: bool,
     neq: bool,
@@ -84,12 +87,28 @@ impl Detection {
         })
     }
 
+    /// Evaluates without a shared field memo (tests).
+    #[cfg(test)]
     pub(crate) fn matches(&self, ev: &Map<String, Value>) -> bool {
+        self.matches_with(ev, &mut FieldCache::new(&mut []))
+    }
+
+    /// Evaluates, resolving fields through the event's memo.
+    pub(crate) fn matches_with<'a>(
+        &self,
+        ev: &'a Map<String, Value>,
+        cache: &mut FieldCache<'a, '_>,
+    ) -> bool {
         self.condition.eval(&mut |i| {
             self.selections[i]
                 .iter()
-                .any(|g| g.iter().all(|it| it.matches(ev)))
+                .any(|g| g.iter().all(|it| it.matches(ev, cache)))
         })
+    }
+
+    /// Every item, for the rule set to intern field names.
+    pub(crate) fn items_mut(&mut self) -> impl Iterator<Item = &mut Item> {
+        self.selections.iter_mut().flatten().flatten()
     }
 }
 
@@ -132,6 +151,7 @@ fn keyword_item(values: &[Value], mods: &[&str]) -> Result<Item, Error> {
     }
     Ok(Item {
         field: None,
+        field_id: u32::MAX,
         matchers,
         all: m.all,
         neq: false,
@@ -167,6 +187,7 @@ fn compile_map(m: &Map<String, Value>) -> Result<Vec<Item>, Error> {
         // rather than silently always-true.
         items.push(Item {
             field: Some(field),
+            field_id: u32::MAX,
             matchers,
             all: parsed.all,
             neq: parsed.neq,
@@ -181,35 +202,40 @@ impl Item {
         self.neq || (self.all && self.matchers.len() > 1)
     }
 
-    pub(crate) fn matches(&self, ev: &Map<String, Value>) -> bool {
+    pub(crate) fn matches<'a>(
+        &self,
+        ev: &'a Map<String, Value>,
+        cache: &mut FieldCache<'a, '_>,
+    ) -> bool {
         let Some(field) = &self.field else {
             return self.keywords(ev);
         };
+        let id = self.field_id;
         if self.neq {
             let mut found = false;
             let mut present = false;
-            let equal = field::visit(ev, field, &mut found, &mut |v| {
+            let equal = cache.visit(ev, id, field, &mut found, &mut |v| {
                 present |= !v.is_null();
                 self.matchers.iter().any(|m| m.leaf(v, ev))
             });
             return present && !equal;
         }
         if self.all && self.matchers.len() > 1 {
-            return self.matchers.iter().all(|m| one(ev, field, m));
+            return self.matchers.iter().all(|m| one(ev, id, field, m, cache));
         }
         match self.matchers.as_slice() {
             [] => false,
-            [m] => one(ev, field, m),
+            [m] => one(ev, id, field, m, cache),
             ms => {
                 // Field-level matchers (null, exists) cannot share one walk.
                 if ms
                     .iter()
                     .any(|m| matches!(m, Matcher::Null | Matcher::Exists(_)))
                 {
-                    return ms.iter().any(|m| one(ev, field, m));
+                    return ms.iter().any(|m| one(ev, id, field, m, cache));
                 }
                 let mut found = false;
-                field::visit(ev, field, &mut found, &mut |v| {
+                cache.visit(ev, id, field, &mut found, &mut |v| {
                     ms.iter().any(|m| m.leaf(v, ev))
                 })
             }
@@ -227,18 +253,24 @@ impl Item {
 }
 
 /// One matcher against one field.
-fn one(ev: &Map<String, Value>, field: &str, m: &Matcher) -> bool {
+fn one<'a>(
+    ev: &'a Map<String, Value>,
+    id: u32,
+    field: &str,
+    m: &Matcher,
+    cache: &mut FieldCache<'a, '_>,
+) -> bool {
     let mut found = false;
     match m {
         Matcher::Exists(want) => {
-            let present = field::visit(ev, field, &mut found, &mut |v| !v.is_null());
+            let present = cache.visit(ev, id, field, &mut found, &mut |v| !v.is_null());
             present == *want
         }
         Matcher::Null => {
-            let null = field::visit(ev, field, &mut found, &mut |v| v.is_null());
+            let null = cache.visit(ev, id, field, &mut found, &mut |v| v.is_null());
             null || !found
         }
-        m => field::visit(ev, field, &mut found, &mut |v| m.leaf(v, ev)),
+        m => cache.visit(ev, id, field, &mut found, &mut |v| m.leaf(v, ev)),
     }
 }
 

@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::field;
+use crate::field::{self, FieldCache, Slot};
 use crate::rule::{CorrKind, Level, RuleInfo};
 use crate::ruleset::{CorrRule, Input, RuleSet};
 
@@ -151,6 +151,8 @@ pub struct Engine {
     /// Per rule (same order as `RuleSet::rules`), the shared alert fields.
     templates: Vec<Alert>,
     stats: EngineStats,
+    /// Reused per event: the field memo's slots (see `field::FieldCache`).
+    slots: Vec<Slot>,
 }
 
 impl Engine {
@@ -172,6 +174,7 @@ impl Engine {
             rules,
             config,
             stats: EngineStats::default(),
+            slots: Vec::new(),
         }
     }
 
@@ -212,18 +215,24 @@ impl Engine {
             cands,
             templates,
             stats,
+            slots,
         } = self;
         stats.events += 1;
         let before = out.len();
+        slots.clear();
+        slots.resize(rules.n_fields, Slot::default());
+        let mut cache = FieldCache::new(slots);
         cands.clear();
-        rules.index.collect(ev, cands);
+        rules.index.collect(ev, cands, &mut cache);
         // Rule order, so alerts come out in a stable order.
         cands.sort_unstable();
         cands.dedup();
         for &k in cands.iter() {
             let k = k as usize;
             let det = &rules.dets[k];
-            if det.detection.matches(ev) && det.filters.iter().all(|f| f.matches(ev)) {
+            if det.detection.matches_with(ev, &mut cache)
+                && det.filters.iter().all(|f| f.matches_with(ev, &mut cache))
+            {
                 if det.emit {
                     out.push(Alert::new(
                         &templates[det.info],

@@ -73,6 +73,74 @@ fn leaf<'a>(v: &'a Value, found: &mut bool, visit: &mut dyn FnMut(&'a Value) -> 
     }
 }
 
+/// Per-event memo of resolved fields. Rules share field names (`verb`,
+/// `objectRef.resource`, `user.username` ...); each is resolved at most
+/// once per event and its values replayed to every item that asks.
+///
+/// Fields get ids at load time ([`crate::RuleSet`] interns every item's
+/// field); `slots` is kept by the engine between events (plain data),
+/// `values` borrows from the event and lives for one event.
+pub(crate) struct FieldCache<'a, 's> {
+    slots: &'s mut [Slot],
+    values: Vec<&'a Value>,
+}
+
+/// Where a resolved field's values are in `values`; `state` 0 means not
+/// resolved yet, 1 absent, 2 present.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Slot {
+    start: u32,
+    len: u32,
+    state: u8,
+}
+
+impl<'a, 's> FieldCache<'a, 's> {
+    /// `slots` must be all-default (the engine resets it per event).
+    pub(crate) fn new(slots: &'s mut [Slot]) -> Self {
+        FieldCache {
+            slots,
+            values: Vec::with_capacity(32),
+        }
+    }
+
+    /// [`visit`], through the memo when `id` is an interned field.
+    pub(crate) fn visit(
+        &mut self,
+        root: &'a Map<String, Value>,
+        id: u32,
+        path: &str,
+        found: &mut bool,
+        f: &mut dyn FnMut(&'a Value) -> bool,
+    ) -> bool {
+        let Some(slot) = self.slots.get(id as usize).copied() else {
+            return visit(root, path, found, f);
+        };
+        let slot = if slot.state == 0 {
+            let start = self.values.len();
+            let mut present = false;
+            let values = &mut self.values;
+            visit(root, path, &mut present, &mut |v| {
+                values.push(v);
+                false
+            });
+            let resolved = Slot {
+                start: start as u32,
+                len: (self.values.len() - start) as u32,
+                state: if present { 2 } else { 1 },
+            };
+            self.slots[id as usize] = resolved;
+            resolved
+        } else {
+            slot
+        };
+        if slot.state == 2 {
+            *found = true;
+        }
+        let (a, n) = (slot.start as usize, slot.len as usize);
+        self.values[a..a + n].iter().any(|v| f(v))
+    }
+}
+
 /// The first scalar `path` resolves to, as text (for group-by keys and
 /// distinct-value counts, where one value per event is what we want).
 pub(crate) fn first_text(root: &Map<String, Value>, path: &str) -> Option<String> {

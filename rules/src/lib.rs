@@ -43,7 +43,8 @@
 //! base64 variants), matching allocates nothing for ASCII text, and rules
 //! are indexed by the one field most of them require an exact value of
 //! (`verb` for the Kubernetes pack), so a `get` event never runs the rules
-//! about `create`.
+//! about `create`. Field names are interned at load time and each event
+//! resolves a field at most once, however many rules ask for it.
 //!
 //! **Semantics worth knowing.** Matching is case-insensitive unless
 //! `cased`; `re` is case-sensitive unless `re|i`. Numbers match their text

@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use chrono::TimeDelta;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::Error;
@@ -39,9 +39,10 @@ impl fmt::Display for RuleSource {
 
 /// Sigma severity. The order is meaningful: `Medium` and above route to
 /// people, `Low` and `Informational` are hunting context.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
+    #[serde(alias = "info")]
     Informational,
     Low,
     Medium,
@@ -69,6 +70,17 @@ impl Level {
             Level::High => "high",
             Level::Critical => "critical",
         }
+    }
+}
+
+impl std::str::FromStr for Level {
+    type Err = String;
+
+    /// Case-insensitive; `info` is accepted for `informational`.
+    fn from_str(s: &str) -> Result<Level, String> {
+        Level::parse(s).ok_or_else(|| {
+            format!("unknown level {s:?}: expected informational, low, medium, high or critical")
+        })
     }
 }
 

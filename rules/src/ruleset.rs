@@ -64,6 +64,8 @@ pub(crate) struct CorrRule {
 pub(crate) struct Index {
     /// None for a leaf: `always` then holds every rule of the node.
     pub(crate) field: Option<String>,
+    /// Id of `field` in the per-event field memo (items share it).
+    pub(crate) field_id: u32,
     /// Lowercase value → sub-index of the rules that require it.
     pub(crate) buckets: Vec<(String, Index)>,
     /// Rules with no requirement on `field`.
@@ -72,15 +74,20 @@ pub(crate) struct Index {
 
 impl Index {
     /// Appends the rules worth checking for `ev` to `out` (unsorted).
-    pub(crate) fn collect(&self, ev: &serde_json::Map<String, Value>, out: &mut Vec<u32>) {
+    pub(crate) fn collect<'a>(
+        &self,
+        ev: &'a serde_json::Map<String, Value>,
+        out: &mut Vec<u32>,
+        cache: &mut crate::field::FieldCache<'a, '_>,
+    ) {
         out.extend_from_slice(&self.always);
         let Some(f) = self.field.as_deref() else {
             return;
         };
         let mut n = 0;
-        let mut text: Option<&str> = None;
+        let mut text: Option<&'a str> = None;
         let mut found = false;
-        crate::field::visit(ev, f, &mut found, &mut |v| {
+        cache.visit(ev, self.field_id, f, &mut found, &mut |v| {
             n += 1;
             text = v.as_str();
             n > 1
@@ -91,7 +98,7 @@ impl Index {
             (1, Some(t)) if t.is_ascii() => {
                 if let Some((_, sub)) = self.buckets.iter().find(|(v, _)| v.eq_ignore_ascii_case(t))
                 {
-                    sub.collect(ev, out);
+                    sub.collect(ev, out, cache);
                 }
             }
             // Several values, a number, non-ASCII text: check everything.
@@ -126,6 +133,8 @@ pub struct RuleSet {
     pub(crate) corrs: Vec<CorrRule>,
     pub(crate) index: Index,
     filters: Vec<FilterInfo>,
+    /// Distinct field names of all items (ids of the per-event field memo).
+    pub(crate) n_fields: usize,
 }
 
 const MAX_DOCS_PER_FILE: usize = 10_000;
@@ -139,16 +148,22 @@ impl RuleSet {
     /// (recursively, in name order). A path given explicitly as a file is
     /// loaded whatever its extension.
     pub fn load(paths: &[PathBuf]) -> (RuleSet, Vec<LoadError>) {
-        let mut errors = Vec::new();
-        let mut files = Vec::new();
-        for p in paths {
-            if p.is_dir() {
-                collect_dir(p, &mut files, &mut errors);
-            } else {
-                files.push(p.clone());
-            }
-        }
-        let mut sources = Vec::new();
+        RuleSet::load_with_builtin(false, paths)
+    }
+
+    /// [`RuleSet::load`], with the built-in pack first when `builtin` is
+    /// true, compiled as one set (a file's correlation or filter may refer
+    /// to a built-in rule).
+    pub fn load_with_builtin(builtin: bool, paths: &[PathBuf]) -> (RuleSet, Vec<LoadError>) {
+        let (files, mut errors) = RuleSet::files(paths);
+        let mut sources: Vec<(RuleSource, String)> = if builtin {
+            crate::builtin::FILES
+                .iter()
+                .map(|(name, text)| (RuleSource::Builtin((*name).to_owned()), (*text).to_owned()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         for f in files {
             match std::fs::read_to_string(&f) {
                 Ok(text) => sources.push((RuleSource::File(f), text)),
@@ -163,6 +178,22 @@ impl RuleSet {
         let (set, mut more) = RuleSet::build(sources);
         errors.append(&mut more);
         (set, errors)
+    }
+
+    /// The rule files `paths` name: files as given, and every `*.yml` /
+    /// `*.yaml` under directories, in name order; unreadable directories
+    /// are reported.
+    pub fn files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<LoadError>) {
+        let mut errors = Vec::new();
+        let mut files = Vec::new();
+        for p in paths {
+            if p.is_dir() {
+                collect_dir(p, &mut files, &mut errors);
+            } else {
+                files.push(p.clone());
+            }
+        }
+        (files, errors)
     }
 
     /// The built-in Kubernetes audit pack, embedded in the binary.
@@ -264,8 +295,31 @@ impl RuleSet {
         }
         set.link_correlations(pending_corrs, &mut errors);
         set.link_filters(pending_filters, &mut errors);
+        let mut ids = set.intern_fields();
         set.index = build_index(&set.dets);
+        intern_index(&mut set.index, &mut ids);
+        set.n_fields = ids.len();
         (set, errors)
+    }
+
+    /// Gives every item's field name an id, shared by equal names.
+    fn intern_fields(&mut self) -> HashMap<String, u32> {
+        let mut ids: HashMap<String, u32> = HashMap::new();
+        for det in &mut self.dets {
+            let DetRule {
+                detection, filters, ..
+            } = det;
+            for item in std::iter::once(detection)
+                .chain(filters.iter_mut())
+                .flat_map(Detection::items_mut)
+            {
+                if let Some(f) = &item.field {
+                    let next = ids.len() as u32;
+                    item.field_id = *ids.entry(f.clone()).or_insert(next);
+                }
+            }
+        }
+        ids
     }
 
     /// Finds the rule `reference` names, preferring the referrer's file.
@@ -607,6 +661,17 @@ fn required(det: &Detection, field: &str) -> Option<Vec<String>> {
     walk(det, &det.condition, field)
 }
 
+/// Gives the index's fields the ids items use for the same names.
+fn intern_index(index: &mut Index, ids: &mut HashMap<String, u32>) {
+    if let Some(f) = &index.field {
+        let next = ids.len() as u32;
+        index.field_id = *ids.entry(f.clone()).or_insert(next);
+    }
+    for (_, sub) in &mut index.buckets {
+        intern_index(sub, ids);
+    }
+}
+
 fn build_index(dets: &[DetRule]) -> Index {
     build_node(dets, (0..dets.len() as u32).collect(), &mut Vec::new())
 }
@@ -618,6 +683,7 @@ const MAX_DEPTH: usize = 3;
 fn build_node(dets: &[DetRule], rules: Vec<u32>, used: &mut Vec<String>) -> Index {
     let leaf = |rules: Vec<u32>| Index {
         field: None,
+        field_id: u32::MAX,
         buckets: Vec::new(),
         always: rules,
     };
@@ -676,6 +742,7 @@ fn build_node(dets: &[DetRule], rules: Vec<u32>, used: &mut Vec<String>) -> Inde
         .collect();
     used.pop();
     Index {
+        field_id: u32::MAX,
         field: Some(field),
         buckets,
         always,
@@ -749,7 +816,11 @@ detection:
         // An event only gets the rules its verb can match.
         let ev = serde_json::json!({"verb": "DELETE"});
         let mut out = Vec::new();
-        idx.collect(ev.as_object().unwrap(), &mut out);
+        idx.collect(
+            ev.as_object().unwrap(),
+            &mut out,
+            &mut crate::field::FieldCache::new(&mut []),
+        );
         assert_eq!(out, vec![2, 3, 4, 1]);
     }
 

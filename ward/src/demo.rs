@@ -347,6 +347,8 @@ fn story() -> Vec<Value> {
     const IP: &str = "203.0.113.7";
     const AGENT: &str = "kubectl/v1.29.0 (linux/amd64)";
     let mut out = Vec::new();
+    // Twelve denials within seconds: enough for the built-in
+    // "burst of forbidden requests" correlation (10 in 5 minutes).
     for ns in [
         "payments",
         "kube-system",
@@ -354,6 +356,12 @@ fn story() -> Vec<Value> {
         "default",
         "monitoring",
         "payments",
+        "staging",
+        "ingress-nginx",
+        "cert-manager",
+        "logging",
+        "kube-public",
+        "argocd",
     ] {
         out.push(event(Req {
             verb: "list",

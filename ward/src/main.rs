@@ -4,6 +4,7 @@
 //! owns process concerns: logging, signals, exit codes.
 
 mod demo;
+mod detect;
 mod search;
 mod serve;
 
@@ -95,6 +96,9 @@ enum RulesCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run rules over events an indexer already holds (retro-hunt); prints
+    /// one JSON alert per line. Alerts are not stored.
+    Hunt(detect::HuntArgs),
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +157,16 @@ struct IndexerArgs {
     /// Cluster recorded on audit webhook events that do not name one with `?cluster=`.
     #[arg(long)]
     cluster: Option<String>,
+    /// Sigma rule file or directory run on ingested audit events, besides
+    /// the built-in pack (repeatable); reloaded when the files change.
+    #[arg(long = "rules")]
+    rules: Vec<PathBuf>,
+    /// Do not load the built-in Kubernetes audit pack.
+    #[arg(long)]
+    no_builtin_rules: bool,
+    /// Alert sinks file (YAML): webhooks, Alertmanager, Slack, per level or rule.
+    #[arg(long)]
+    sinks: Option<PathBuf>,
 }
 
 impl IndexerArgs {
@@ -205,8 +219,17 @@ impl IndexerArgs {
             options: ward_query_api::ApiOptions {
                 tokens,
                 cluster: self.cluster.clone(),
+                alerts: None,
             },
         })
+    }
+
+    fn detection(&self) -> detect::Detection {
+        detect::Detection {
+            builtin: !self.no_builtin_rules,
+            rules: self.rules.clone(),
+            sinks: self.sinks.clone(),
+        }
     }
 }
 
@@ -340,6 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     listen: args.listen,
                     api_listen: args.api_listen,
                     security: args.security()?,
+                    detection: args.detection(),
                 };
                 serve::run_indexer(indexer, serve::shutdown_signal()).await
             }
@@ -374,6 +398,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Search(args) => search::run(args).await,
             Command::Rules(RulesCommand::Test { rules, files }) => rules_test(&rules, &files),
+            Command::Rules(RulesCommand::Hunt(args)) => detect::hunt(args).await,
         }
     })
 }
@@ -486,6 +511,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("  ward search 'responseStatus.code:403'");
     println!("  ward search 'kubernetes.namespace:shop AND message:\"connection refused\"'");
     println!("  curl -s '{url}/api/v1/search?q=user.username:system\\:anonymous&limit=5'");
+    println!("  curl -s '{url}/api/v1/alerts?min_level=medium'   # alerts of the built-in rules");
     println!("Press Ctrl-C to stop.");
 
     serve::shutdown_signal().await;

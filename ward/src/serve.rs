@@ -7,8 +7,10 @@ use std::path::Path;
 use anyhow::Context;
 use std::sync::Arc;
 
-use ward_indexer::{Store, StoreConfig};
-use ward_query_api::{ApiConfig, ApiOptions, api_router, ingest_router, router_with};
+use ward_indexer::{IngestTap, Store, StoreConfig};
+use ward_query_api::{AlertsApi, ApiConfig, ApiOptions, api_router, ingest_router, router_with};
+
+use crate::detect::{self, Detection};
 
 /// TLS and tokens of the indexer's listeners (`--tls-cert`, `--tls-key`,
 /// `--client-ca`, `--tokens`) and the webhook's default cluster.
@@ -30,10 +32,13 @@ pub struct Indexer {
     /// Search API, dashboard, probes and `/metrics` on a listener of their own.
     pub api_listen: Option<SocketAddr>,
     pub security: Security,
+    /// Detection rules and alert sinks.
+    pub detection: Detection,
 }
 
-/// Serves the API until `shutdown` resolves; then stops accepting, lets
-/// requests in flight finish, and commits what the writer holds.
+/// Serves the API, with the built-in rules, until `shutdown` resolves;
+/// then stops accepting, lets requests in flight finish, and commits what
+/// the writer holds.
 pub async fn indexer(
     data: &Path,
     listen: SocketAddr,
@@ -45,6 +50,7 @@ pub async fn indexer(
             listen,
             api_listen: None,
             security: Security::default(),
+            detection: Detection::default(),
         },
         shutdown,
     )
@@ -57,8 +63,12 @@ pub async fn run_indexer(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let data = indexer.store.data_dir.clone();
-    let store = Store::open(indexer.store)
+    let running = detect::start(&data, &indexer.detection)?;
+    let mut config = indexer.store;
+    config.tap = running.tap.clone().map(|t| t as Arc<dyn IngestTap>);
+    let store = Store::open(config)
         .with_context(|| format!("cannot open the index in {}", data.display()))?;
+    // One shutdown for the servers, the delivery loop and the rule watcher.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -70,11 +80,23 @@ pub async fn run_indexer(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let delivery = tokio::spawn(running.dispatcher.run(stopped()));
+    let watcher = running.tap.clone().map(|tap| {
+        tokio::spawn(detect::watch_rules(
+            indexer.detection.clone(),
+            tap,
+            stopped(),
+        ))
+    });
     let Security {
         tls,
         api_tls,
-        options,
+        mut options,
     } = indexer.security;
+    options.alerts = Some(AlertsApi {
+        store: running.store.clone(),
+        tap: running.tap.clone(),
+    });
     let mut servers = tokio::task::JoinSet::new();
     match indexer.api_listen {
         None => {
@@ -100,6 +122,10 @@ pub async fn run_indexer(
         }
     }
     store.shutdown().await;
+    let _ = delivery.await;
+    if let Some(w) = watcher {
+        let _ = w.await;
+    }
     tracing::info!("indexer stopped");
     result
 }

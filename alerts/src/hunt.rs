@@ -1,0 +1,167 @@
+//! Retro-hunts: rules over already indexed audit events in a time range.
+//!
+//! The range is cut into windows of record time; each window is read from
+//! the index newest first in pages ([`Store::search_blocking`]), then
+//! evaluated oldest first through one [`Engine`], so correlations see the
+//! events in time order across windows and memory is bounded by one
+//! window. Pages overlap by one timestamp: the next page ends just after
+//! the oldest timestamp of the previous one, and the records already taken
+//! at that instant (by `ward.id`) are skipped, so none is missed or seen
+//! twice even when many records share a timestamp.
+//!
+//! Alerts are returned, not stored.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use ward_indexer::{SearchRequest, Store};
+use ward_rules::{Alert, Engine, RuleSet};
+
+use crate::error::Error;
+
+/// Records read per page.
+const PAGE: usize = 5_000;
+
+/// What to hunt.
+#[derive(Debug, Clone)]
+pub struct HuntRequest {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// Length of one window of record time.
+    pub window: TimeDelta,
+    /// Stop after this many alerts (the answer says it was truncated).
+    pub max_alerts: usize,
+}
+
+/// One alert of a hunt, with the record that raised it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HuntAlert {
+    #[serde(flatten)]
+    pub alert: Alert,
+    pub event_id: String,
+}
+
+/// What a hunt found.
+#[derive(Debug, Clone, Serialize)]
+pub struct HuntReport {
+    /// Audit records evaluated.
+    pub events: u64,
+    pub alerts: Vec<HuntAlert>,
+    /// True when `max_alerts` stopped the hunt early.
+    pub truncated: bool,
+}
+
+/// Runs `rules` over the audit records indexed in `[start, end)`. Blocking.
+pub fn hunt(index: &Store, rules: RuleSet, request: &HuntRequest) -> Result<HuntReport, Error> {
+    if request.end <= request.start {
+        return Err(Error::InvalidRequest("end must be after start".into()));
+    }
+    if request.window <= TimeDelta::zero() {
+        return Err(Error::InvalidRequest("window must be positive".into()));
+    }
+    let mut engine = Engine::new(rules);
+    let mut report = HuntReport {
+        events: 0,
+        alerts: Vec::new(),
+        truncated: false,
+    };
+    let mut out = Vec::new();
+    let mut from = request.start;
+    while from < request.end {
+        let to = (from + request.window).min(request.end);
+        let mut events = read_window(index, from, to)?;
+        events.reverse();
+        for (time, id, event) in &events {
+            report.events += 1;
+            let time = ward_rules::event_time(event).unwrap_or(*time);
+            out.clear();
+            engine.process_map(event, time, &mut out);
+            for alert in out.drain(..) {
+                if report.alerts.len() >= request.max_alerts {
+                    report.truncated = true;
+                    return Ok(report);
+                }
+                report.alerts.push(HuntAlert {
+                    alert,
+                    event_id: id.clone(),
+                });
+            }
+        }
+        from = to;
+    }
+    Ok(report)
+}
+
+type Record = (DateTime<Utc>, String, Map<String, Value>);
+
+/// Every audit record in `[from, to)`, newest first.
+fn read_window(
+    index: &Store,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<Record>, Error> {
+    let mut records = Vec::new();
+    let mut upper = to;
+    // Records already taken at the oldest timestamp of the previous page.
+    let mut boundary: Option<DateTime<Utc>> = None;
+    let mut taken_at_boundary: HashSet<String> = HashSet::new();
+    loop {
+        let page = index.search_blocking(&SearchRequest {
+            query: "source:audit".into(),
+            start: Some(from),
+            end: Some(upper),
+            limit: PAGE,
+        })?;
+        let n = page.hits.len();
+        let mut progressed = false;
+        let mut oldest = None;
+        for raw in page.hits {
+            let Ok(Value::Object(hit)) = serde_json::from_str::<Value>(raw.get()) else {
+                continue;
+            };
+            let id = hit
+                .get("ward")
+                .and_then(|w| w.get("id"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let Some(time) = hit
+                .get("timestamp")
+                .and_then(Value::as_str)
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+            else {
+                continue;
+            };
+            if boundary == Some(time) && !taken_at_boundary.insert(id.clone()) {
+                continue;
+            }
+            progressed = true;
+            oldest = Some(oldest.map_or(time, |o: DateTime<Utc>| o.min(time)));
+            records.push((time, id, hit));
+        }
+        if n < PAGE {
+            break;
+        }
+        let Some(oldest) = oldest.filter(|_| progressed) else {
+            return Err(Error::InvalidRequest(format!(
+                "more than {PAGE} records share the timestamp {upper}; narrow the range"
+            )));
+        };
+        if boundary != Some(oldest) {
+            boundary = Some(oldest);
+            taken_at_boundary = records
+                .iter()
+                .filter(|(t, _, _)| *t == oldest)
+                .map(|(_, id, _)| id.clone())
+                .collect();
+        }
+        upper = oldest + TimeDelta::nanoseconds(1);
+    }
+    // Pages came newest first; the overlap can leave equal times out of
+    // order, so sort (stable) to be sure.
+    records.sort_by_key(|r| std::cmp::Reverse(r.0));
+    Ok(records)
+}

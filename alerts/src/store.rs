@@ -1,0 +1,603 @@
+//! The alert store: alerts, their status history and the delivery queue in
+//! one redb database (`<data>/alerts.redb`).
+//!
+//! Tables:
+//!
+//! | table | key → value | what |
+//! | --- | --- | --- |
+//! | `alerts` | id → JSON [`StoredAlert`] | every alert, ids in insertion order |
+//! | `dedup` | `rule id \n auditID` → id | one alert per rule and triggering event |
+//! | `queue` | sequence → JSON [`Delivery`] | deliveries not yet accepted by their sink |
+//! | `meta` | name → u64 | id and sequence counters |
+//! | `counters` | `delivered:<sink>` / `failed:<sink>` → u64 | delivery outcomes |
+//!
+//! An alert, its de-duplication key and its deliveries are written in one
+//! transaction: after a crash there is never an alert without its
+//! deliveries, nor a delivery without its alert. A status change rewrites
+//! the alert and appends to its history in one transaction too.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use ward_rules::Level;
+
+use crate::error::{Error, db};
+
+const ALERTS: TableDefinition<u64, &[u8]> = TableDefinition::new("alerts");
+const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
+const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+/// Largest page of a listing.
+pub const MAX_LIMIT: usize = 10_000;
+
+/// Where an analyst is with an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Open,
+    Acknowledged,
+    Closed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Acknowledged => "acknowledged",
+            Status::Closed => "closed",
+        }
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Status, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "open" => Ok(Status::Open),
+            "acknowledged" | "ack" => Ok(Status::Acknowledged),
+            "closed" => Ok(Status::Closed),
+            _ => Err(format!(
+                "unknown status {s:?}: expected open, acknowledged or closed"
+            )),
+        }
+    }
+}
+
+/// One entry of an alert's status history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub status: Status,
+    /// Who changed it: the token's name, the name the request gave, or
+    /// `ward` for the initial `open`.
+    pub by: String,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// An alert as stored and served by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredAlert {
+    pub id: u64,
+    pub rule_id: String,
+    pub title: String,
+    pub level: Level,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Raised by a correlation rule.
+    #[serde(default)]
+    pub correlation: bool,
+    /// Event time of the event that raised it.
+    pub timestamp: DateTime<Utc>,
+    /// When Ward stored it.
+    pub created: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Ward record ids (`ward.id`) of the triggering event(s), searchable in
+    /// the index.
+    pub event_ids: Vec<String>,
+    /// `auditID`s of the triggering event, or for a correlation of every
+    /// event in its window.
+    pub audit_ids: Vec<String>,
+    /// For correlations: the group-by values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<BTreeMap<String, Option<String>>>,
+    pub status: Status,
+    /// Every status the alert had, oldest first (the first is `open`).
+    pub history: Vec<StatusChange>,
+}
+
+/// An alert the rules raised, with what the event adds to it.
+#[derive(Debug, Clone)]
+pub struct NewAlert {
+    pub alert: ward_rules::Alert,
+    /// The event that raised it: record id and `auditID`. The pair
+    /// (rule, `auditID`, else record id) is the de-duplication key.
+    pub event_id: String,
+    pub audit_id: Option<String>,
+    pub cluster: Option<String>,
+    pub namespace: Option<String>,
+    pub user: Option<String>,
+}
+
+impl NewAlert {
+    fn dedup_key(&self) -> String {
+        let event = self.audit_id.as_deref().unwrap_or(&self.event_id);
+        format!("{}\n{}", self.alert.rule_id, event)
+    }
+
+    fn into_stored(self, id: u64, now: DateTime<Utc>) -> StoredAlert {
+        let a = self.alert;
+        StoredAlert {
+            id,
+            rule_id: a.rule_id.to_string(),
+            title: a.title.to_string(),
+            level: a.level,
+            description: a.description.as_deref().map(str::to_owned),
+            author: a.author.as_deref().map(str::to_owned),
+            tags: a.tags.to_vec(),
+            correlation: a.correlation,
+            timestamp: a.timestamp,
+            created: now,
+            cluster: self.cluster,
+            namespace: self.namespace,
+            user: self.user,
+            event_ids: vec![self.event_id],
+            audit_ids: a.audit_ids,
+            group: a.group,
+            status: Status::Open,
+            history: vec![StatusChange {
+                status: Status::Open,
+                by: "ward".into(),
+                at: now,
+                comment: None,
+            }],
+        }
+    }
+}
+
+/// What to list.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    /// Exactly this level.
+    pub level: Option<Level>,
+    /// This level or above.
+    pub min_level: Option<Level>,
+    pub rule: Option<String>,
+    pub status: Option<Status>,
+    /// Event time, inclusive.
+    pub start: Option<DateTime<Utc>>,
+    /// Event time, exclusive.
+    pub end: Option<DateTime<Utc>>,
+    pub limit: usize,
+}
+
+impl AlertFilter {
+    fn matches(&self, a: &StoredAlert) -> bool {
+        self.level.is_none_or(|l| a.level == l)
+            && self.min_level.is_none_or(|l| a.level >= l)
+            && self.rule.as_deref().is_none_or(|r| a.rule_id == r)
+            && self.status.is_none_or(|s| a.status == s)
+            && self.start.is_none_or(|t| a.timestamp >= t)
+            && self.end.is_none_or(|t| a.timestamp < t)
+    }
+}
+
+/// A delivery of one alert to one sink, waiting in the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub alert_id: u64,
+    pub sink: String,
+    pub attempts: u32,
+    pub next_attempt: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Deliveries due now (queue sequence, delivery), and when the next of
+/// the others is due.
+pub type DueDeliveries = (Vec<(u64, Delivery)>, Option<DateTime<Utc>>);
+
+/// Delivery outcomes of one sink, kept across restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SinkCounts {
+    pub delivered: u64,
+    pub failed: u64,
+}
+
+/// The alert database. Cheap to clone; safe to share between threads
+/// (redb serialises write transactions and lets reads run beside them).
+#[derive(Clone)]
+pub struct AlertStore {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for AlertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AlertStore")
+    }
+}
+
+impl AlertStore {
+    /// Opens (or creates) the database file.
+    pub fn open(path: &Path) -> Result<AlertStore, Error> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let database = Database::create(path).map_err(db)?;
+        let txn = database.begin_write().map_err(db)?;
+        {
+            txn.open_table(ALERTS).map_err(db)?;
+            txn.open_table(DEDUP).map_err(db)?;
+            txn.open_table(QUEUE).map_err(db)?;
+            txn.open_table(META).map_err(db)?;
+            txn.open_table(COUNTERS).map_err(db)?;
+        }
+        txn.commit().map_err(db)?;
+        Ok(AlertStore {
+            db: Arc::new(database),
+        })
+    }
+
+    /// Stores the alerts that are not stored yet (by rule and `auditID`),
+    /// and queues a delivery to each sink `route` names for them, in one
+    /// transaction. Returns the alerts that were new.
+    pub fn insert(
+        &self,
+        alerts: Vec<NewAlert>,
+        route: &dyn Fn(&StoredAlert) -> Vec<String>,
+    ) -> Result<Vec<StoredAlert>, Error> {
+        if alerts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = Utc::now();
+        let mut stored = Vec::new();
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut table = txn.open_table(ALERTS).map_err(db)?;
+            let mut dedup = txn.open_table(DEDUP).map_err(db)?;
+            let mut queue = txn.open_table(QUEUE).map_err(db)?;
+            let mut meta = txn.open_table(META).map_err(db)?;
+            let mut next_id = meta.get("next_alert").map_err(db)?.map_or(1, |v| v.value());
+            let mut next_seq = meta
+                .get("next_delivery")
+                .map_err(db)?
+                .map_or(1, |v| v.value());
+            for new in alerts {
+                let key = new.dedup_key();
+                if dedup.get(key.as_str()).map_err(db)?.is_some() {
+                    continue;
+                }
+                let alert = new.into_stored(next_id, now);
+                next_id += 1;
+                dedup.insert(key.as_str(), alert.id).map_err(db)?;
+                table
+                    .insert(alert.id, serde_json::to_vec(&alert)?.as_slice())
+                    .map_err(db)?;
+                for sink in route(&alert) {
+                    let delivery = Delivery {
+                        alert_id: alert.id,
+                        sink,
+                        attempts: 0,
+                        next_attempt: now,
+                        last_error: None,
+                    };
+                    queue
+                        .insert(next_seq, serde_json::to_vec(&delivery)?.as_slice())
+                        .map_err(db)?;
+                    next_seq += 1;
+                }
+                stored.push(alert);
+            }
+            meta.insert("next_alert", next_id).map_err(db)?;
+            meta.insert("next_delivery", next_seq).map_err(db)?;
+        }
+        if stored.is_empty() {
+            txn.abort().map_err(db)?;
+        } else {
+            txn.commit().map_err(db)?;
+        }
+        Ok(stored)
+    }
+
+    pub fn get(&self, id: u64) -> Result<StoredAlert, Error> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(ALERTS).map_err(db)?;
+        let value = table.get(id).map_err(db)?.ok_or(Error::NotFound(id))?;
+        Ok(serde_json::from_slice(value.value())?)
+    }
+
+    /// Alerts matching `filter`, newest stored first.
+    pub fn list(&self, filter: &AlertFilter) -> Result<Vec<StoredAlert>, Error> {
+        if filter.limit > MAX_LIMIT {
+            return Err(Error::InvalidRequest(format!(
+                "limit must be at most {MAX_LIMIT}"
+            )));
+        }
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(ALERTS).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db)?.rev() {
+            if out.len() >= filter.limit {
+                break;
+            }
+            let (_, value) = entry.map_err(db)?;
+            let alert: StoredAlert = serde_json::from_slice(value.value())?;
+            if filter.matches(&alert) {
+                out.push(alert);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of stored alerts.
+    pub fn count(&self) -> Result<u64, Error> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(ALERTS).map_err(db)?;
+        table.len().map_err(db)
+    }
+
+    /// Sets an alert's status and appends the change to its history.
+    pub fn set_status(
+        &self,
+        id: u64,
+        status: Status,
+        by: &str,
+        comment: Option<String>,
+    ) -> Result<StoredAlert, Error> {
+        let txn = self.db.begin_write().map_err(db)?;
+        let alert = {
+            let mut table = txn.open_table(ALERTS).map_err(db)?;
+            let mut alert: StoredAlert = {
+                let value = table.get(id).map_err(db)?.ok_or(Error::NotFound(id))?;
+                serde_json::from_slice(value.value())?
+            };
+            alert.status = status;
+            alert.history.push(StatusChange {
+                status,
+                by: by.to_owned(),
+                at: Utc::now(),
+                comment,
+            });
+            table
+                .insert(id, serde_json::to_vec(&alert)?.as_slice())
+                .map_err(db)?;
+            alert
+        };
+        txn.commit().map_err(db)?;
+        Ok(alert)
+    }
+
+    /// Up to `max` deliveries due at `now`, oldest queued first, and the
+    /// earliest time one of the others is due.
+    pub fn due_deliveries(&self, now: DateTime<Utc>, max: usize) -> Result<DueDeliveries, Error> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let queue = txn.open_table(QUEUE).map_err(db)?;
+        let mut due = Vec::new();
+        let mut next: Option<DateTime<Utc>> = None;
+        for entry in queue.iter().map_err(db)? {
+            let (key, value) = entry.map_err(db)?;
+            let d: Delivery = serde_json::from_slice(value.value())?;
+            if d.next_attempt <= now && due.len() < max {
+                due.push((key.value(), d));
+            } else if d.next_attempt > now {
+                next = Some(next.map_or(d.next_attempt, |n| n.min(d.next_attempt)));
+            } else {
+                next = Some(now);
+            }
+        }
+        Ok((due, next))
+    }
+
+    /// The sink accepted the delivery: it leaves the queue.
+    pub fn delivery_succeeded(&self, seq: u64, sink: &str) -> Result<(), Error> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut queue = txn.open_table(QUEUE).map_err(db)?;
+            queue.remove(seq).map_err(db)?;
+            bump(&txn, &format!("delivered:{sink}"))?;
+        }
+        txn.commit().map_err(db)
+    }
+
+    /// The delivery failed: it stays queued with its next attempt.
+    pub fn delivery_failed(&self, seq: u64, delivery: &Delivery) -> Result<(), Error> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut queue = txn.open_table(QUEUE).map_err(db)?;
+            queue
+                .insert(seq, serde_json::to_vec(delivery)?.as_slice())
+                .map_err(db)?;
+            bump(&txn, &format!("failed:{}", delivery.sink))?;
+        }
+        txn.commit().map_err(db)
+    }
+
+    /// Deliveries waiting in the queue.
+    pub fn queue_len(&self) -> Result<u64, Error> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let queue = txn.open_table(QUEUE).map_err(db)?;
+        queue.len().map_err(db)
+    }
+
+    /// Delivered and failed attempts per sink, since the store was created.
+    pub fn sink_counts(&self) -> Result<BTreeMap<String, SinkCounts>, Error> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let counters = txn.open_table(COUNTERS).map_err(db)?;
+        let mut out: BTreeMap<String, SinkCounts> = BTreeMap::new();
+        for entry in counters.iter().map_err(db)? {
+            let (key, value) = entry.map_err(db)?;
+            let key = key.value();
+            if let Some(sink) = key.strip_prefix("delivered:") {
+                out.entry(sink.to_owned()).or_default().delivered = value.value();
+            } else if let Some(sink) = key.strip_prefix("failed:") {
+                out.entry(sink.to_owned()).or_default().failed = value.value();
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn bump(txn: &redb::WriteTransaction, key: &str) -> Result<(), Error> {
+    let mut counters = txn.open_table(COUNTERS).map_err(db)?;
+    let n = counters.get(key).map_err(db)?.map_or(0, |v| v.value());
+    counters.insert(key, n + 1).map_err(db)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn alert(rule: &str, audit_id: &str, level: Level) -> NewAlert {
+        let (set, errors) = ward_rules::RuleSet::from_sources(&[(
+            "t",
+            format!(
+                "title: T {rule}\nid: {rule}\nlevel: {level}\nlogsource: {{product: kubernetes, service: audit}}\ndetection:\n  s: {{verb: get}}\n  condition: s\n"
+            ),
+        )]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut engine = ward_rules::Engine::new(set);
+        let mut out = Vec::new();
+        let ev = serde_json::json!({"verb": "get", "auditID": audit_id});
+        engine.process(&ev, Utc::now(), &mut out);
+        NewAlert {
+            alert: out.pop().unwrap(),
+            event_id: format!("rec-{audit_id}"),
+            audit_id: Some(audit_id.into()),
+            cluster: Some("c1".into()),
+            namespace: None,
+            user: Some("bob".into()),
+        }
+    }
+
+    #[test]
+    fn dedup_status_history_and_queue_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.redb");
+        let store = AlertStore::open(&path).unwrap();
+        let route = |_: &StoredAlert| vec!["am".to_string()];
+        let new = store
+            .insert(
+                vec![
+                    alert("r1", "a1", Level::High),
+                    alert("r1", "a1", Level::High),
+                ],
+                &route,
+            )
+            .unwrap();
+        assert_eq!(new.len(), 1, "same rule and auditID in one batch");
+        let again = store
+            .insert(
+                vec![
+                    alert("r1", "a1", Level::High),
+                    alert("r2", "a1", Level::Low),
+                ],
+                &route,
+            )
+            .unwrap();
+        assert_eq!(again.len(), 1, "a replay is not stored again");
+        assert_eq!(again[0].rule_id, "r2");
+        assert_eq!(store.count().unwrap(), 2);
+        assert_eq!(store.queue_len().unwrap(), 2);
+
+        let changed = store
+            .set_status(1, Status::Acknowledged, "alice", Some("looking".into()))
+            .unwrap();
+        assert_eq!(changed.history.len(), 2);
+        assert!(matches!(
+            store.set_status(99, Status::Closed, "x", None),
+            Err(Error::NotFound(99))
+        ));
+
+        let (due, _) = store.due_deliveries(Utc::now(), 10).unwrap();
+        assert_eq!(due.len(), 2);
+        store.delivery_succeeded(due[0].0, "am").unwrap();
+        let mut failed = due[1].1.clone();
+        failed.attempts = 1;
+        failed.next_attempt = Utc::now() + chrono::TimeDelta::hours(1);
+        store.delivery_failed(due[1].0, &failed).unwrap();
+        drop(store);
+
+        let store = AlertStore::open(&path).unwrap();
+        let a = store.get(1).unwrap();
+        assert_eq!(a.status, Status::Acknowledged);
+        assert_eq!(a.history[1].by, "alice");
+        assert_eq!(a.history[1].comment.as_deref(), Some("looking"));
+        let (due, next) = store.due_deliveries(Utc::now(), 10).unwrap();
+        assert!(due.is_empty());
+        assert!(next.is_some());
+        assert_eq!(store.queue_len().unwrap(), 1);
+        assert_eq!(
+            store.sink_counts().unwrap()["am"],
+            SinkCounts {
+                delivered: 1,
+                failed: 1
+            }
+        );
+        // Ids continue after a reopen; the dedup key is still there.
+        let more = store
+            .insert(
+                vec![
+                    alert("r1", "a1", Level::High),
+                    alert("r1", "a2", Level::High),
+                ],
+                &route,
+            )
+            .unwrap();
+        assert_eq!(more.len(), 1);
+        assert_eq!(more[0].id, 3);
+
+        let list = |f: AlertFilter| {
+            store
+                .list(&AlertFilter { limit: 100, ..f })
+                .unwrap()
+                .iter()
+                .map(|a| a.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(list(AlertFilter::default()), vec![3, 2, 1]);
+        assert_eq!(
+            list(AlertFilter {
+                level: Some(Level::Low),
+                ..Default::default()
+            }),
+            vec![2]
+        );
+        assert_eq!(
+            list(AlertFilter {
+                min_level: Some(Level::Medium),
+                status: Some(Status::Open),
+                ..Default::default()
+            }),
+            vec![3]
+        );
+        assert_eq!(
+            list(AlertFilter {
+                rule: Some("r1".into()),
+                ..Default::default()
+            }),
+            vec![3, 1]
+        );
+    }
+}

@@ -1,0 +1,557 @@
+//! Alerts and retro-hunts:
+//!
+//! - `GET /api/v1/alerts?level=&min_level=&rule=&status=&start=&end=&limit=`:
+//!   newest first;
+//! - `GET /api/v1/alerts/{id}`;
+//! - `POST /api/v1/alerts/{id}/status` `{"status": "acknowledged", "by":
+//!   "alice", "comment": "..."}`: with tokens configured it needs an analyst
+//!   or admin token, and who changed it is the token's name (`by` is then
+//!   ignored);
+//! - `GET /api/v1/alerts/sinks`: delivery counts per sink and queue length;
+//! - `POST /api/v1/rules/hunt` `{"start": ..., "end": ..., "rules": [{"name":
+//!   "x.yml", "text": "<yaml>"}], "window_secs": 3600, "max_alerts": 1000}`:
+//!   runs rules (the indexer's live rules when none are given) over the
+//!   audit events indexed in `[start, end)` and returns the alerts without
+//!   storing them. Same token rule as status changes.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, header};
+use chrono::TimeDelta;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use ward_alerts::{AlertFilter, AlertStore, HuntRequest, RulesTap, Status, StoredAlert};
+use ward_rules::Level;
+
+use crate::search::parse_time;
+use crate::{ApiError, AppState};
+
+/// What the alert routes work on: the store, and the live rules (for hunts).
+#[derive(Clone)]
+pub struct AlertsApi {
+    pub store: AlertStore,
+    pub tap: Option<Arc<RulesTap>>,
+}
+
+impl std::fmt::Debug for AlertsApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertsApi")
+            .field("rules", &self.tap.is_some())
+            .finish()
+    }
+}
+
+const DEFAULT_LIMIT: usize = 100;
+const DEFAULT_HUNT_ALERTS: usize = 10_000;
+/// A hunt window of an hour keeps memory bounded by one hour of audit events.
+const DEFAULT_WINDOW_SECS: i64 = 3600;
+
+fn alerts(state: &AppState) -> Result<&AlertsApi, ApiError> {
+    state
+        .options
+        .alerts
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("alerts are not enabled on this indexer".into()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListParams {
+    level: Option<String>,
+    min_level: Option<String>,
+    rule: Option<String>,
+    status: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ListResponse {
+    count: usize,
+    alerts: Vec<StoredAlert>,
+}
+
+fn parse<T: std::str::FromStr<Err = String>>(
+    name: &str,
+    value: Option<&str>,
+) -> Result<Option<T>, ApiError> {
+    value
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse()
+                .map_err(|e| ApiError::BadRequest(format!("{name}: {e}")))
+        })
+        .transpose()
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ListResponse>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let api = alerts(&state)?;
+    let filter = AlertFilter {
+        level: parse::<Level>("level", p.level.as_deref())?,
+        min_level: parse::<Level>("min_level", p.min_level.as_deref())?,
+        rule: p.rule.filter(|r| !r.is_empty()),
+        status: parse::<Status>("status", p.status.as_deref())?,
+        start: parse_time("start", p.start.as_deref())?,
+        end: parse_time("end", p.end.as_deref())?,
+        limit: p.limit.unwrap_or(DEFAULT_LIMIT),
+    };
+    let store = api.store.clone();
+    let alerts = blocking(move || store.list(&filter)).await?;
+    Ok(Json(ListResponse {
+        count: alerts.len(),
+        alerts,
+    }))
+}
+
+pub(crate) async fn get_one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<StoredAlert>, ApiError> {
+    let id = parse_id(&id)?;
+    let store = alerts(&state)?.store.clone();
+    Ok(Json(blocking(move || store.get(id)).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StatusBody {
+    status: String,
+    by: Option<String>,
+    comment: Option<String>,
+}
+
+pub(crate) async fn set_status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<StatusBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<StoredAlert>, ApiError> {
+    let id = parse_id(&id)?;
+    let store = alerts(&state)?.store.clone();
+    let token_name = triage_identity(&state, &headers)?;
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let status: Status = body.status.parse().map_err(ApiError::BadRequest)?;
+    let by = match token_name {
+        Some(name) => name,
+        None => body
+            .by
+            .map(|b| b.trim().to_owned())
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| "anonymous".into()),
+    };
+    if by.len() > 200 || body.comment.as_ref().is_some_and(|c| c.len() > 10_000) {
+        return Err(ApiError::BadRequest(
+            "by is limited to 200 bytes and comment to 10,000".into(),
+        ));
+    }
+    tracing::info!(alert_id = id, status = status.as_str(), by = %by, "alert status changed");
+    let comment = body.comment;
+    Ok(Json(
+        blocking(move || store.set_status(id, status, &by, comment)).await?,
+    ))
+}
+
+pub(crate) async fn sinks(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let store = alerts(&state)?.store.clone();
+    let (counts, queued) = blocking(move || Ok((store.sink_counts()?, store.queue_len()?))).await?;
+    Ok(Json(json!({ "sinks": counts, "queued": queued })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HuntBody {
+    start: String,
+    end: String,
+    /// Rule files as text; the live rules when absent.
+    rules: Option<Vec<RuleText>>,
+    window_secs: Option<i64>,
+    max_alerts: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuleText {
+    name: String,
+    text: String,
+}
+
+pub(crate) async fn hunt(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<HuntBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    triage_identity(&state, &headers)?;
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let start = parse_time("start", Some(&body.start))?
+        .ok_or_else(|| ApiError::BadRequest("start is required".into()))?;
+    let end = parse_time("end", Some(&body.end))?
+        .ok_or_else(|| ApiError::BadRequest("end is required".into()))?;
+    let (rules, errors) = match body.rules {
+        Some(texts) => {
+            let sources: Vec<(String, String)> =
+                texts.into_iter().map(|r| (r.name, r.text)).collect();
+            ward_rules::RuleSet::from_sources(&sources)
+        }
+        None => match state.options.alerts.as_ref().and_then(|a| a.tap.as_ref()) {
+            Some(tap) => (tap.rules(), Vec::new()),
+            None => {
+                return Err(ApiError::BadRequest(
+                    "this indexer runs no rules: send rules with the hunt".into(),
+                ));
+            }
+        },
+    };
+    let rule_errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    if rules.rules().is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "no rule could be loaded: {}",
+            rule_errors.join("; ")
+        )));
+    }
+    let window = TimeDelta::seconds(body.window_secs.unwrap_or(DEFAULT_WINDOW_SECS));
+    let request = HuntRequest {
+        start,
+        end,
+        window,
+        max_alerts: body.max_alerts.unwrap_or(DEFAULT_HUNT_ALERTS),
+    };
+    let rule_count = rules.rules().len();
+    let index = state.store.clone();
+    let report = blocking(move || ward_alerts::hunt(&index, rules, &request)).await?;
+    tracing::info!(
+        rules = rule_count,
+        events = report.events,
+        alerts = report.alerts.len(),
+        "retro-hunt finished"
+    );
+    Ok(Json(json!({
+        "rules": rule_count,
+        "rule_errors": rule_errors,
+        "events": report.events,
+        "alerts": report.alerts,
+        "truncated": report.truncated,
+    })))
+}
+
+/// With tokens configured: the name of an analyst or admin token, or 401.
+/// Without: `None` (anyone may).
+fn triage_identity(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(tokens) = &state.options.tokens else {
+        return Ok(None);
+    };
+    let header = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    match tokens.identity_of_header(header) {
+        Some((role, name)) if role.may_triage() => Ok(Some(name.to_owned())),
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+fn parse_id(id: &str) -> Result<u64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::BadRequest(format!("alert id {id:?} is not a number")))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ward_alerts::Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ward_indexer::Error::Unavailable(e.to_string()))??)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+    use ward_alerts::{AlertStore, RulesTap, SinksConfig};
+    use ward_indexer::{Store, StoreConfig};
+
+    use super::*;
+    use crate::{ApiConfig, ApiOptions, auth::Tokens, router_with};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        app: Router,
+    }
+
+    fn setup(tokens: Option<&str>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let alerts = AlertStore::open(&dir.path().join("alerts.redb")).unwrap();
+        let (rules, errors) = ward_rules::RuleSet::builtin();
+        assert!(errors.is_empty());
+        let tap = Arc::new(RulesTap::new(
+            rules,
+            alerts.clone(),
+            Arc::new(SinksConfig::default()),
+            None,
+        ));
+        let mut config = StoreConfig::new(dir.path());
+        config.commit_interval = std::time::Duration::from_millis(10);
+        config.tap = Some(tap.clone());
+        let store = Store::open(config).unwrap();
+        let options = ApiOptions {
+            tokens: tokens.map(|t| Arc::new(Tokens::parse(t).unwrap())),
+            alerts: Some(AlertsApi {
+                store: alerts,
+                tap: Some(tap),
+            }),
+            ..Default::default()
+        };
+        let app = router_with(store.clone(), ApiConfig::default(), options);
+        Fixture {
+            _dir: dir,
+            store,
+            app,
+        }
+    }
+
+    fn exec_event_list() -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/falco-traces/exec_pod.json");
+        let text = std::fs::read_to_string(path).unwrap();
+        let event: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": [event]}).to_string()
+    }
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn ingest(app: &Router, token: Option<&str>) {
+        let mut req = Request::builder()
+            .method("POST")
+            .uri("/api/v1/k8s/audit")
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = app
+            .clone()
+            .oneshot(req.body(Body::from(exec_event_list())).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn ingest_raises_alerts_that_list_filter_and_change_status() {
+        let f = setup(None);
+        ingest(&f.app, None).await;
+        let (status, list) = call(&f.app, "GET", "/api/v1/alerts", None, None).await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        let count = list["count"].as_u64().unwrap();
+        assert!(count >= 1);
+        let exec = list["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["title"].as_str().unwrap().to_lowercase().contains("exec"))
+            .unwrap()
+            .clone();
+        let id = exec["id"].as_u64().unwrap();
+        assert_eq!(exec["status"], "open");
+
+        // A replayed webhook call adds no alert.
+        ingest(&f.app, None).await;
+        let (_, again) = call(&f.app, "GET", "/api/v1/alerts", None, None).await;
+        assert_eq!(again["count"].as_u64().unwrap(), count);
+
+        let (status, one) = call(&f.app, "GET", &format!("/api/v1/alerts/{id}"), None, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(one["rule_id"], exec["rule_id"]);
+
+        let (status, changed) = call(
+            &f.app,
+            "POST",
+            &format!("/api/v1/alerts/{id}/status"),
+            None,
+            Some(json!({"status": "acknowledged", "by": "alice", "comment": "on it"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{changed}");
+        assert_eq!(changed["status"], "acknowledged");
+        assert_eq!(changed["history"][1]["by"], "alice");
+        assert_eq!(changed["history"][1]["comment"], "on it");
+        assert!(changed["history"][1]["at"].is_string());
+
+        let (_, acked) = call(
+            &f.app,
+            "GET",
+            "/api/v1/alerts?status=acknowledged",
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(acked["count"], 1);
+        let rule = exec["rule_id"].as_str().unwrap();
+        let (_, by_rule) = call(
+            &f.app,
+            "GET",
+            &format!(
+                "/api/v1/alerts?rule={rule}&level={}",
+                exec["level"].as_str().unwrap()
+            ),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(by_rule["count"], 1);
+        let (_, none) = call(
+            &f.app,
+            "GET",
+            "/api/v1/alerts?end=2000-01-01T00:00:00Z",
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(none["count"], 0);
+
+        for (uri, want) in [
+            ("/api/v1/alerts?level=severe", StatusCode::BAD_REQUEST),
+            ("/api/v1/alerts?colour=red", StatusCode::BAD_REQUEST),
+            ("/api/v1/alerts?limit=10001", StatusCode::BAD_REQUEST),
+            ("/api/v1/alerts/999", StatusCode::NOT_FOUND),
+            ("/api/v1/alerts/x", StatusCode::BAD_REQUEST),
+        ] {
+            assert_eq!(call(&f.app, "GET", uri, None, None).await.0, want, "{uri}");
+        }
+        let (status, _) = call(
+            &f.app,
+            "POST",
+            &format!("/api/v1/alerts/{id}/status"),
+            None,
+            Some(json!({"status": "solved"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        // Retro-hunt over the indexed event, with the live rules and with
+        // rules sent along; nothing is stored.
+        let range = json!({"start": "2018-10-26T00:00:00Z", "end": "2018-10-27T00:00:00Z"});
+        let (status, hunt) = call(
+            &f.app,
+            "POST",
+            "/api/v1/rules/hunt",
+            None,
+            Some(range.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{hunt}");
+        assert_eq!(hunt["events"], 1);
+        assert_eq!(hunt["alerts"].as_array().unwrap().len() as u64, count);
+        let mut custom = range.clone();
+        custom["rules"] = json!([
+            {"name": "bad.yml", "text": "title: broken\ndetection: {}\n"},
+            {"name": "exec.yml", "text": "title: Any exec\nid: any-exec\nlevel: high\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s: {objectRef.subresource: exec}\n  condition: s\n"}
+        ]);
+        let (status, hunt) = call(&f.app, "POST", "/api/v1/rules/hunt", None, Some(custom)).await;
+        assert_eq!(status, StatusCode::OK, "{hunt}");
+        assert_eq!(hunt["rules"], 1);
+        assert_eq!(hunt["rule_errors"].as_array().unwrap().len(), 1);
+        assert_eq!(hunt["alerts"][0]["rule_id"], "any-exec");
+        assert!(
+            hunt["alerts"][0]["event_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("audit:")
+        );
+        let (_, after) = call(&f.app, "GET", "/api/v1/alerts", None, None).await;
+        assert_eq!(
+            after["count"].as_u64().unwrap(),
+            count,
+            "hunts store nothing"
+        );
+        let (status, _) = call(
+            &f.app,
+            "POST",
+            "/api/v1/rules/hunt",
+            None,
+            Some(json!({"start": "2018-10-27T00:00:00Z", "end": "2018-10-26T00:00:00Z"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        f.store.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn with_tokens_status_changes_need_an_analyst_and_record_its_name() {
+        let f = setup(Some(
+            "collector:collector-token-1234567\nreader:reader-token-12345678\nanalyst:analyst-token-1234567\n",
+        ));
+        ingest(&f.app, Some("collector-token-1234567")).await;
+        let (_, list) = call(&f.app, "GET", "/api/v1/alerts?limit=1", None, None).await;
+        let id = list["alerts"][0]["id"].as_u64().unwrap();
+        let uri = format!("/api/v1/alerts/{id}/status");
+        let body = json!({"status": "closed", "by": "mallory"});
+        for token in [
+            None,
+            Some("reader-token-12345678"),
+            Some("collector-token-1234567"),
+        ] {
+            let (status, _) = call(&f.app, "POST", &uri, token, Some(body.clone())).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+        }
+        let (status, changed) = call(
+            &f.app,
+            "POST",
+            &uri,
+            Some("analyst-token-1234567"),
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            changed["history"][1]["by"], "analyst",
+            "the token's name, not the body's"
+        );
+        assert_eq!(changed["status"], "closed");
+        let (status, _) = call(
+            &f.app,
+            "POST",
+            "/api/v1/rules/hunt",
+            Some("reader-token-12345678"),
+            Some(json!({"start": "2018-10-26T00:00:00Z", "end": "2018-10-27T00:00:00Z"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        f.store.shutdown().await;
+    }
+}
