@@ -32,6 +32,7 @@ fn record(id: &str, event: Map<String, Value>) -> ParsedRecord {
     hit.insert("ward".into(), serde_json::json!({ "id": id }));
     ParsedRecord {
         id: id.into(),
+        key: id.into(),
         timestamp_nanos: 0,
         hit,
     }
@@ -110,6 +111,7 @@ async fn tap_raises_once_and_sinks_get_it_despite_failures() {
         record("f:1", exec.clone()),
         ParsedRecord {
             id: "f:2".into(),
+            key: "f:2".into(),
             timestamp_nanos: 0,
             hit: container,
         },
