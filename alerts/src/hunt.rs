@@ -113,6 +113,7 @@ fn read_window(
             start: Some(from),
             end: Some(upper),
             limit: PAGE,
+            ..SearchRequest::default()
         })?;
         let n = page.hits.len();
         let mut progressed = false;

@@ -18,7 +18,8 @@ use tantivy::{DateTime, Term};
 use crate::Error;
 use crate::query::{Pattern, Piece, Query};
 use crate::schema::{
-    MESSAGE, PATH_SEPARATOR, STATUS_CODE, TIMESTAMP, WardSchema, flat_term_text, text_analyzer,
+    MESSAGE, PATH_SEPARATOR, STATUS_CODE, TIMESTAMP, WardSchema, flat_term_text, ip_term_text,
+    parse_ip, text_analyzer,
 };
 
 type Boxed = Box<dyn TantivyQuery>;
@@ -98,6 +99,24 @@ pub fn compile(schema: &WardSchema, query: &Query) -> Result<Boxed, Error> {
     })
 }
 
+/// Records of these namespaces: container lines by `kubernetes.namespace`,
+/// audit events by `objectRef.namespace`. Records of no namespace
+/// (cluster-scoped requests, Ward's own events) are outside every scope.
+pub fn namespace_scope(schema: &WardSchema, namespaces: &[String]) -> Boxed {
+    let mut clauses: Vec<(Occur, Boxed)> = Vec::with_capacity(namespaces.len() * 2);
+    let mut term = String::new();
+    for ns in namespaces {
+        for path in ["kubernetes.namespace", "objectRef.namespace"] {
+            flat_term_text(path, ns, &mut term);
+            clauses.push((Occur::Should, term_query(schema.flat, &term)));
+        }
+    }
+    if clauses.is_empty() {
+        return Box::new(EmptyQuery);
+    }
+    Box::new(BooleanQuery::new(clauses))
+}
+
 fn either(a: Boxed, b: Boxed) -> Boxed {
     Box::new(BooleanQuery::new(vec![
         (Occur::Should, a),
@@ -120,9 +139,24 @@ fn regex_query(field: Field, pattern: &str) -> Result<Boxed, Error> {
 
 fn flat_pattern(schema: &WardSchema, field: &str, value: &Pattern) -> Result<Boxed, Error> {
     if let Some(literal) = value.as_literal() {
+        if let Some((low, high)) = parse_cidr(&literal)? {
+            return Ok(ip_range(
+                schema,
+                field,
+                Bound::Included(low),
+                Bound::Included(high),
+            ));
+        }
         let mut term = String::new();
         flat_term_text(field, &literal, &mut term);
-        return Ok(term_query(schema.flat, &term));
+        let exact = term_query(schema.flat, &term);
+        if let Some(bits) = parse_ip(&literal) {
+            // `::1` and `0:0::1` are one address: match the normalized
+            // form too.
+            ip_term_text(field, bits, &mut term);
+            return Ok(either(exact, term_query(schema.ip, &term)));
+        }
+        return Ok(exact);
     }
     let mut regex = path_prefix_regex(field);
     push_wildcards(&mut regex, value);
@@ -242,6 +276,18 @@ fn range(
             }
             Ok(Box::new(RangeQuery::new(lower, upper)))
         }
+        _ if is_ip_range(lower, upper) => {
+            let bits = |v: &str| {
+                parse_ip(v)
+                    .ok_or_else(|| Error::InvalidRequest(format!("{v:?} is not an IP address")))
+            };
+            Ok(ip_range(
+                schema,
+                field,
+                map(lower, bits)?,
+                map(upper, bits)?,
+            ))
+        }
         _ => {
             // Keyword range: lexicographic on the lowercased values of the path.
             let to_term = |v: &str| {
@@ -269,5 +315,99 @@ fn range(
             };
             Ok(Box::new(RangeQuery::new(lower, upper)))
         }
+    }
+}
+
+/// `addr/prefix` as the first and last address of the block (IPv4 blocks
+/// mapped into `::ffff:0:0/96`, like the indexed addresses). `None` when the
+/// text is not of that shape; an error when it is but is out of range.
+fn parse_cidr(text: &str) -> Result<Option<(u128, u128)>, Error> {
+    let Some((addr, prefix)) = text.split_once('/') else {
+        return Ok(None);
+    };
+    let Ok(ip) = addr.parse::<std::net::IpAddr>() else {
+        return Ok(None);
+    };
+    let Ok(prefix) = prefix.parse::<u32>() else {
+        return Ok(None);
+    };
+    let (max, offset) = match ip {
+        std::net::IpAddr::V4(_) => (32, 96),
+        std::net::IpAddr::V6(_) => (128, 0),
+    };
+    if prefix > max {
+        return Err(Error::InvalidRequest(format!(
+            "{text:?}: a prefix length is at most {max}"
+        )));
+    }
+    let bits = crate::schema::ip_bits(ip);
+    let host_bits = 128 - (prefix + offset);
+    let host_mask: u128 = if host_bits >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << host_bits) - 1
+    };
+    Ok(Some((bits & !host_mask, bits | host_mask)))
+}
+
+/// Whether a range's bounds are IP addresses (an open end counts as one).
+fn is_ip_range(lower: &Bound<String>, upper: &Bound<String>) -> bool {
+    let ip = |b: &Bound<String>| match b {
+        Bound::Included(v) | Bound::Excluded(v) => Some(parse_ip(v).is_some()),
+        Bound::Unbounded => None,
+    };
+    match (ip(lower), ip(upper)) {
+        (Some(a), Some(b)) => a && b,
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => false,
+    }
+}
+
+/// A range of addresses of one path, over its `_ip` terms.
+fn ip_range(schema: &WardSchema, field: &str, lower: Bound<u128>, upper: Bound<u128>) -> Boxed {
+    let term = |bits: u128| {
+        let mut text = String::new();
+        ip_term_text(field, bits, &mut text);
+        Term::from_field_text(schema.ip, &text)
+    };
+    let lower = match lower {
+        Bound::Included(b) => Bound::Included(term(b)),
+        Bound::Excluded(b) => Bound::Excluded(term(b)),
+        Bound::Unbounded => Bound::Included(term(0)),
+    };
+    let upper = match upper {
+        Bound::Included(b) => Bound::Included(term(b)),
+        Bound::Excluded(b) => Bound::Excluded(term(b)),
+        Bound::Unbounded => Bound::Included(term(u128::MAX)),
+    };
+    Box::new(RangeQuery::new(lower, upper))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_blocks_cover_their_addresses() {
+        let v4 = |s: &str| crate::schema::parse_ip(s).unwrap();
+        let (lo, hi) = parse_cidr("10.0.0.0/8").unwrap().unwrap();
+        assert_eq!((lo, hi), (v4("10.0.0.0"), v4("10.255.255.255")));
+        let (lo, hi) = parse_cidr("192.168.1.77/32").unwrap().unwrap();
+        assert_eq!(lo, hi);
+        let (lo, hi) = parse_cidr("0.0.0.0/0").unwrap().unwrap();
+        assert_eq!((lo, hi), (v4("0.0.0.0"), v4("255.255.255.255")));
+        let (lo, hi) = parse_cidr("2001:db8::/32").unwrap().unwrap();
+        assert_eq!(
+            (lo, hi),
+            (
+                v4("2001:db8::"),
+                v4("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff")
+            )
+        );
+        let (lo, hi) = parse_cidr("::/0").unwrap().unwrap();
+        assert_eq!((lo, hi), (0, u128::MAX));
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert_eq!(parse_cidr("/api/v1").unwrap(), None);
+        assert_eq!(v4("::ffff:10.1.2.3"), v4("10.1.2.3"));
     }
 }

@@ -10,7 +10,9 @@ use ward_event::SourceKind;
 use ward_event::wire::DecodedRecord;
 
 use crate::chain::{Digest32, record_digest};
-use crate::schema::{MESSAGE, STATUS_CODE, TIMESTAMP, WardSchema, flat_term_text};
+use crate::schema::{
+    MESSAGE, STATUS_CODE, TIMESTAMP, WardSchema, flat_term_text, ip_term_text, parse_ip, tie_of,
+};
 
 /// Top-level objects that hold whole API objects (or Ward's bookkeeping):
 /// indexed by path, but kept out of `_all` so that field-less search stays about
@@ -126,6 +128,7 @@ pub fn build_parsed(schema: &WardSchema, record: &ParsedRecord) -> (TantivyDocum
     let nanos = *nanos;
     let mut doc = TantivyDocument::new();
     doc.add_text(schema.key, key);
+    doc.add_u64(schema.tie, tie_of(key));
     doc.add_date(
         schema.timestamp,
         tantivy::DateTime::from_timestamp_nanos(nanos),
@@ -224,6 +227,10 @@ impl LeafIndexer<'_> {
             }
             Value::String(s) => {
                 self.leaf(s);
+                if let Some(bits) = parse_ip(s) {
+                    ip_term_text(&self.path, bits, &mut self.term);
+                    self.doc.add_text(self.schema.ip, &self.term);
+                }
                 if self.to_all {
                     self.doc.add_text(self.schema.all, s);
                 }

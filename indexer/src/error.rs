@@ -10,6 +10,10 @@ pub enum Error {
     /// A request parameter is out of range or malformed.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The request would exceed its memory or bucket budget; it should be
+    /// narrowed (a shorter range, a longer interval, a smaller size).
+    #[error("the request exceeds its budget: {0}")]
+    Budget(String),
     /// The batch could not be decoded.
     #[error(transparent)]
     Wire(#[from] ward_event::Error),

@@ -10,7 +10,10 @@
 //! - [`compile`]: query AST → tantivy query;
 //! - [`store`]: the single writer with group commit, replay detection,
 //!   retention, and search over partitions;
+//! - [`page`]: time-ordered pages and their cursors (search-after);
+//! - [`tail`]: live tail of committed records;
 //! - [`partition`]: one tantivy index per UTC day, and the data directory's layout;
+//! - [`aggregate`]: date histograms and terms top-N within a budget;
 //! - [`chain`]: per-partition hash chains and the ledger (tamper evidence);
 //! - [`verify`]: recomputes the chains from the stored records;
 //! - [`snapshot`]: consistent copies while the indexer runs, and restore;
@@ -23,20 +26,24 @@
 //! batches, which the sender still holds and resends. Chain entries are
 //! fsynced before the commit they describe; see [`chain`].
 
+pub mod aggregate;
 pub mod chain;
 pub mod compile;
 pub mod document;
 mod error;
+pub mod page;
 pub mod partition;
 pub mod query;
 pub mod redact;
 pub mod schema;
 pub mod snapshot;
 pub mod store;
+pub mod tail;
 pub mod verify;
 
 pub use document::ParsedRecord;
 pub use error::Error;
+pub use page::SortOrder;
 pub use store::{
     IngestReceipt, IngestTap, Retention, SearchHit, SearchRequest, SearchResponse, Store,
     StoreConfig, StoreStats,

@@ -16,7 +16,18 @@
 //! - `timestamp` and `responseStatus.code`: fast numeric columns for ranges,
 //!   sorting and histograms;
 //! - keyword columns (`verb`, `user.username`, `sourceIPs`, …): fast string
-//!   columns, with original case, for sorting and terms aggregations.
+//!   columns, with original case, for sorting and terms aggregations;
+//! - `_tie`: a fast u64 hash of the record's replay key, the tie-breaker of
+//!   the (timestamp, `_tie`) order that cursors page on (see [`crate::store`]);
+//! - `_ip`: one term per string leaf that is an IP address,
+//!   `<dotted.path>\0<32 hex digits>`: the address as 16 bytes (IPv4 mapped
+//!   into `::ffff:0:0/96`), big-endian, in fixed-width hex, so that the
+//!   lexicographic order of the terms is the numeric order of the addresses
+//!   and a CIDR block is one contiguous term range (see [`ip_term_text`]).
+//!
+//! Fields are only ever appended to the schema: tantivy refuses to open an
+//! index whose schema differs, and a partition written before `_tie` and
+//! `_ip` existed must be re-ingested (there was no release before them).
 
 use tantivy::schema::{
     BytesOptions, DateOptions, DateTimePrecision, Field, IndexRecordOption, NumericOptions, STRING,
@@ -58,6 +69,8 @@ pub const KEYWORD_COLUMNS: &[(&str, &str)] = &[
 pub const STATUS_CODE: &str = "responseStatus.code";
 /// The dotted name of the time column (the record's own time).
 pub const TIMESTAMP: &str = "timestamp";
+/// The fast tie-breaker column of the time order.
+pub const TIE: &str = "_tie";
 /// The text field of container lines.
 pub const MESSAGE: &str = "message";
 
@@ -77,6 +90,10 @@ pub struct WardSchema {
     pub all: Field,
     pub status_code: Field,
     pub columns: Vec<(&'static str, Field)>,
+    /// Tie-breaker of the time order: a hash of the replay key.
+    pub tie: Field,
+    /// IP addresses of string leaves, normalized (see [`ip_term_text`]).
+    pub ip: Field,
 }
 
 impl WardSchema {
@@ -113,6 +130,8 @@ impl WardSchema {
                 (*dotted, b.add_text_field(name, opts))
             })
             .collect();
+        let tie = b.add_u64_field(TIE, NumericOptions::default().set_fast());
+        let ip = b.add_text_field("_ip", STRING);
         WardSchema {
             schema: b.build(),
             source_doc,
@@ -125,12 +144,22 @@ impl WardSchema {
             all,
             status_code,
             columns,
+            tie,
+            ip,
         }
     }
 
     /// Registers the tokenizers the schema names on an index.
     pub fn register_tokenizers(index: &tantivy::Index) {
         index.tokenizers().register(TEXT_TOKENIZER, text_analyzer());
+    }
+
+    /// The tantivy name of the fast string column of a dotted field name.
+    pub fn column_name(dotted: &str) -> Option<&'static str> {
+        KEYWORD_COLUMNS
+            .iter()
+            .find(|(d, _)| *d == dotted)
+            .map(|(_, n)| *n)
     }
 
     /// The fast string column for a dotted field name, if there is one.
@@ -178,4 +207,49 @@ pub(crate) fn truncate_at_char_boundary(value: &str, max: usize) -> &str {
         end -= 1;
     }
     &value[..end]
+}
+
+/// The tie-breaker of a record: FNV-1a over its replay key. Stable across
+/// builds and platforms (it is stored, and cursors compare stored values).
+pub fn tie_of(key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A string that is an IP address, as 128 bits (IPv4 mapped into IPv6).
+/// Cheap to call on every string: most are refused by their first bytes.
+pub fn parse_ip(value: &str) -> Option<u128> {
+    let bytes = value.as_bytes();
+    if bytes.len() < 2 || bytes.len() > 45 {
+        return None;
+    }
+    if !bytes
+        .iter()
+        .all(|b| b.is_ascii_hexdigit() || *b == b'.' || *b == b':')
+    {
+        return None;
+    }
+    let ip: std::net::IpAddr = value.parse().ok()?;
+    Some(ip_bits(ip))
+}
+
+pub fn ip_bits(ip: std::net::IpAddr) -> u128 {
+    match ip {
+        std::net::IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        std::net::IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// The `_ip` term of a path and address: fixed-width hex, so that term
+/// order is address order.
+pub fn ip_term_text(path: &str, bits: u128, out: &mut String) {
+    use std::fmt::Write;
+    out.clear();
+    out.push_str(path);
+    out.push(PATH_SEPARATOR);
+    let _ = write!(out, "{bits:032x}");
 }

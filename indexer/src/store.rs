@@ -36,21 +36,20 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::{RecvTimeoutError, SendTimeoutError};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tantivy::collector::{Count, TopDocs};
 use tantivy::merge_policy::LogMergePolicy;
 use tantivy::query::{BooleanQuery, Occur, Query as TantivyQuery, RangeQuery};
 use tantivy::schema::Value as _;
-use tantivy::{
-    DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term,
-};
+use tantivy::{DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 use tokio::sync::oneshot;
 use ward_event::wire::DecodedRecord;
 
 use crate::chain::{self, ChainFile, CommitPayload, Digest32, EntryBody, HmacKey};
 use crate::document::ParsedRecord;
+use crate::page::{Cursor, PageCollector, SortOrder};
 use crate::partition::{self, Day};
 use crate::redact::Redactor;
-use crate::schema::{TIMESTAMP, WardSchema};
+use crate::schema::WardSchema;
+use crate::tail::TailFeed;
 use crate::{Error, compile, document, query};
 
 /// How long data is kept: by age of the day, and by total size.
@@ -90,6 +89,8 @@ pub struct StoreConfig {
     /// replay keys are dropped from memory; they are reloaded if it is
     /// written again).
     pub idle_writer_timeout: Duration,
+    /// Memory and bucket limits of one aggregation request.
+    pub aggregation_budget: crate::aggregate::AggregationBudget,
 }
 
 /// A stage that sees each ingested batch, parsed once, before it is stored.
@@ -124,6 +125,7 @@ impl StoreConfig {
             retention_interval: Duration::from_secs(60),
             hmac_key: None,
             idle_writer_timeout: Duration::from_secs(300),
+            aggregation_budget: Default::default(),
         }
     }
 }
@@ -139,13 +141,30 @@ pub struct IngestReceipt {
     pub expired: usize,
 }
 
-/// A search: query text, optional time range, newest first.
-#[derive(Debug, Clone)]
+/// A search: query text, optional time range (`[start, end)`), order,
+/// page size and the cursor of the previous page.
+#[derive(Debug, Clone, Default)]
 pub struct SearchRequest {
     pub query: String,
     pub start: Option<DateTime<Utc>>,
     pub end: Option<DateTime<Utc>>,
     pub limit: usize,
+    pub order: SortOrder,
+    /// The `cursor` of the previous page's response.
+    pub cursor: Option<String>,
+    /// When set, only records of these namespaces (container logs by
+    /// `kubernetes.namespace`, audit events by `objectRef.namespace`).
+    pub namespaces: Option<Vec<String>>,
+}
+
+impl SearchRequest {
+    pub fn new(query: impl Into<String>, limit: usize) -> SearchRequest {
+        SearchRequest {
+            query: query.into(),
+            limit,
+            ..SearchRequest::default()
+        }
+    }
 }
 
 /// One hit: the stored record, as JSON text.
@@ -153,8 +172,11 @@ pub type SearchHit = Box<RawValue>;
 
 #[derive(Debug, Serialize)]
 pub struct SearchResponse {
+    /// Matches of the query in the range (over all pages).
     pub total: u64,
     pub hits: Vec<SearchHit>,
+    /// Continues after the last hit; `null` on the last page.
+    pub cursor: Option<String>,
 }
 
 /// Largest page a search may ask for.
@@ -198,8 +220,8 @@ enum WriterMsg {
 
 /// A partition as search sees it.
 #[derive(Clone)]
-struct View {
-    reader: IndexReader,
+pub(crate) struct View {
+    pub(crate) reader: IndexReader,
 }
 
 type Views = Arc<RwLock<BTreeMap<Day, View>>>;
@@ -218,6 +240,8 @@ struct Inner {
     tap: Option<Arc<dyn IngestTap>>,
     redactor: Arc<Redactor>,
     stats: Arc<StoreStats>,
+    aggregation_budget: crate::aggregate::AggregationBudget,
+    tail: TailFeed,
     writer_thread: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -255,7 +279,10 @@ impl Store {
         let views: Views = Arc::new(RwLock::new(views));
         let stats = Arc::new(StoreStats::default());
         let (tx, rx) = crossbeam_channel::bounded(16);
+        let tail = TailFeed::start(schema.clone())?;
         let writer = Writer {
+            tail: tail.clone(),
+            tail_pending: Vec::new(),
             schema: schema.clone(),
             config: config.clone(),
             views: views.clone(),
@@ -281,6 +308,8 @@ impl Store {
                 tap: config.tap.clone(),
                 redactor: config.redactor.clone(),
                 stats,
+                aggregation_budget: config.aggregation_budget,
+                tail,
                 writer_thread: std::sync::Mutex::new(Some(thread)),
             }),
         })
@@ -288,6 +317,18 @@ impl Store {
 
     pub fn stats(&self) -> &StoreStats {
         &self.inner.stats
+    }
+
+    pub(crate) fn tail_feed(&self) -> &TailFeed {
+        &self.inner.tail
+    }
+
+    pub(crate) fn schema(&self) -> &WardSchema {
+        &self.inner.schema
+    }
+
+    pub(crate) fn aggregation_budget(&self) -> crate::aggregate::AggregationBudget {
+        self.inner.aggregation_budget
     }
 
     pub fn redactor(&self) -> &Redactor {
@@ -379,8 +420,30 @@ impl Store {
             .map_err(|e| Error::Unavailable(e.to_string()))?
     }
 
+    /// [`Store::page_blocking`] on the blocking pool.
+    pub async fn page(
+        &self,
+        request: SearchRequest,
+        count_total: bool,
+    ) -> Result<SearchResponse, Error> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.page_blocking(&request, count_total))
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?
+    }
+
+    /// Parses and compiles a query without running it (to refuse a bad
+    /// query before a stream starts).
+    pub fn check_query(&self, text: &str) -> Result<(), Error> {
+        self.compile_request(text, None, None, None).map(drop)
+    }
+
     /// The partitions a time range touches, newest first.
-    fn views_in(&self, start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> Vec<View> {
+    pub(crate) fn views_in(
+        &self,
+        start: Option<DateTime<Utc>>,
+        end: Option<DateTime<Utc>>,
+    ) -> Vec<View> {
         let views = match self.inner.views.read() {
             Ok(v) => v,
             Err(poisoned) => poisoned.into_inner(),
@@ -394,51 +457,107 @@ impl Store {
     }
 
     pub fn search_blocking(&self, request: &SearchRequest) -> Result<SearchResponse, Error> {
+        self.page_blocking(request, true)
+    }
+
+    /// The query of a request: its text, its time range and the namespace
+    /// scope, compiled.
+    pub(crate) fn compile_request(
+        &self,
+        text: &str,
+        start: Option<DateTime<Utc>>,
+        end: Option<DateTime<Utc>>,
+        namespaces: Option<&[String]>,
+    ) -> Result<Box<dyn TantivyQuery>, Error> {
+        let schema = &self.inner.schema;
+        let parsed = query::parse(text)?;
+        let mut clauses: Vec<(Occur, Box<dyn TantivyQuery>)> =
+            vec![(Occur::Must, compile::compile(schema, &parsed)?)];
+        if start.is_some() || end.is_some() {
+            clauses.push((Occur::Must, Box::new(time_range(schema, start, end))));
+        }
+        if let Some(namespaces) = namespaces {
+            clauses.push((Occur::Must, compile::namespace_scope(schema, namespaces)));
+        }
+        Ok(if clauses.len() == 1 {
+            clauses.remove(0).1
+        } else {
+            Box::new(BooleanQuery::new(clauses))
+        })
+    }
+
+    /// One page. Without `count_total` (export, tail), the walk skips what
+    /// lies before the cursor instead of counting it, and `total` counts
+    /// only the matches after the cursor.
+    pub fn page_blocking(
+        &self,
+        request: &SearchRequest,
+        count_total: bool,
+    ) -> Result<SearchResponse, Error> {
         if request.limit > MAX_LIMIT {
             return Err(Error::InvalidRequest(format!(
                 "limit must be at most {MAX_LIMIT}"
             )));
         }
         let schema = &self.inner.schema;
-        let parsed = query::parse(&request.query)?;
-        let mut query = compile::compile(schema, &parsed)?;
-        if request.start.is_some() || request.end.is_some() {
-            let to_term = |t: DateTime<Utc>| {
-                Term::from_field_date(
-                    schema.timestamp,
-                    tantivy::DateTime::from_timestamp_nanos(
-                        t.timestamp_nanos_opt().unwrap_or(i64::MAX),
-                    ),
-                )
-            };
-            let range = RangeQuery::new(
-                request.start.map_or(std::ops::Bound::Unbounded, |t| {
-                    std::ops::Bound::Included(to_term(t))
-                }),
-                request.end.map_or(std::ops::Bound::Unbounded, |t| {
-                    std::ops::Bound::Excluded(to_term(t))
-                }),
-            );
-            query = Box::new(BooleanQuery::new(vec![
-                (Occur::Must, query),
-                (Occur::Must, Box::new(range) as Box<dyn TantivyQuery>),
-            ]));
+        let cursor = request
+            .cursor
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(|c| Cursor::parse(c, request.order))
+            .transpose()?;
+        let (mut start, mut end) = (request.start, request.end);
+        if let (Some(c), false) = (cursor, count_total) {
+            // Only what lies after the cursor in the order matters.
+            let at = DateTime::<Utc>::from_timestamp_nanos(c.nanos);
+            match request.order {
+                SortOrder::Newest => {
+                    let bound = at + chrono::Duration::nanoseconds(1);
+                    end = Some(end.map_or(bound, |e| e.min(bound)));
+                }
+                SortOrder::Oldest => start = Some(start.map_or(at, |s| s.max(at))),
+            }
         }
-        let views = self.views_in(request.start, request.end);
+        let query =
+            self.compile_request(&request.query, start, end, request.namespaces.as_deref())?;
+        let views = self.views_in(start, end);
         let searchers: Vec<_> = views.iter().map(|v| v.reader.searcher()).collect();
-        let mut total = 0u64;
-        // (time, partition, address) of each partition's best hits.
-        let mut candidates: Vec<(Option<tantivy::DateTime>, usize, DocAddress)> = Vec::new();
+        let collector = PageCollector {
+            limit: request.limit,
+            order: request.order,
+            after: cursor.map(|c| c.rank()),
+        };
+        let mut fruits = Vec::with_capacity(searchers.len());
         for (i, searcher) in searchers.iter().enumerate() {
-            let top = TopDocs::with_limit(request.limit.max(1))
-                .order_by_fast_field::<tantivy::DateTime>(TIMESTAMP, Order::Desc);
-            let (count, top) = searcher.search(&query, &(Count, top))?;
-            total += count as u64;
-            candidates.extend(top.into_iter().map(|(t, a)| (t, i, a)));
+            let (count, after, hits) = searcher.search(&query, &collector)?;
+            // Each hit keeps the partition it came from.
+            fruits.push((
+                count,
+                after,
+                hits.into_iter()
+                    .map(|(rank, a)| (rank, DocAddress::new(a.segment_ord, a.doc_id), i))
+                    .collect::<Vec<_>>(),
+            ));
+        }
+        let mut total = 0u64;
+        let mut remaining = 0u64;
+        let mut candidates = Vec::new();
+        for (count, after, hits) in fruits {
+            total += count;
+            remaining += after;
+            candidates.extend(hits);
         }
         candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
-        let mut hits = Vec::with_capacity(candidates.len().min(request.limit));
-        for (_, i, address) in candidates.into_iter().take(request.limit) {
+        candidates.truncate(request.limit);
+        let next = (remaining > candidates.len() as u64)
+            .then(|| {
+                candidates
+                    .last()
+                    .map(|c| Cursor::from_rank(request.order, c.0).encode())
+            })
+            .flatten();
+        let mut hits = Vec::with_capacity(candidates.len());
+        for (_, address, i) in candidates {
             let doc: TantivyDocument = searchers[i].doc(address)?;
             let bytes = doc
                 .get_first(schema.source_doc)
@@ -449,7 +568,11 @@ impl Store {
                 .map_err(|e| Error::InvalidRequest(format!("stored record is not JSON: {e}")))?;
             hits.push(raw);
         }
-        Ok(SearchResponse { total, hits })
+        Ok(SearchResponse {
+            total: if count_total { total } else { remaining },
+            hits,
+            cursor: next,
+        })
     }
 
     /// Number of records visible to search.
@@ -492,6 +615,28 @@ impl Store {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
+}
+
+/// `[start, end)` on the record time.
+pub(crate) fn time_range(
+    schema: &WardSchema,
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+) -> RangeQuery {
+    let to_term = |t: DateTime<Utc>| {
+        Term::from_field_date(
+            schema.timestamp,
+            tantivy::DateTime::from_timestamp_nanos(t.timestamp_nanos_opt().unwrap_or(i64::MAX)),
+        )
+    };
+    RangeQuery::new(
+        start.map_or(std::ops::Bound::Unbounded, |t| {
+            std::ops::Bound::Included(to_term(t))
+        }),
+        end.map_or(std::ops::Bound::Unbounded, |t| {
+            std::ops::Bound::Excluded(to_term(t))
+        }),
+    )
 }
 
 fn reader_of(index: &Index) -> Result<IndexReader, Error> {
@@ -613,6 +758,9 @@ struct Writer {
     since: Option<Instant>,
     last_retention: Option<Instant>,
     stats: Arc<StoreStats>,
+    tail: TailFeed,
+    /// Copies of the documents added since the last commit, while someone tails.
+    tail_pending: Vec<TantivyDocument>,
 }
 
 impl Writer {
@@ -677,6 +825,7 @@ impl Writer {
         let mut expired = 0;
         let oldest = self.oldest_kept_day();
         let batch_field = self.schema.batch;
+        let tail_wanted = self.tail.wanted();
         for Pending {
             key,
             day,
@@ -706,8 +855,12 @@ impl Writer {
             doc.add_u64(batch_field, seq);
             partition.digests.push(digest);
             partition.last_write = Instant::now();
+            let copy = tail_wanted.then(|| doc.clone());
             if let Err(e) = partition.writer.add_document(doc) {
                 partition.failure.get_or_insert_with(|| e.to_string());
+            }
+            if let Some(copy) = copy {
+                self.tail_pending.push(copy);
             }
         }
         if duplicates > 0 {
@@ -825,8 +978,10 @@ impl Writer {
                 }
             }
         }
+        let tail_docs = std::mem::take(&mut self.tail_pending);
         let result = match failure {
             None => {
+                self.tail.publish(tail_docs);
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .records_indexed

@@ -84,6 +84,7 @@ async fn search(store: &Store, q: &str, start: Option<&str>, end: Option<&str>) 
             start: start.map(at),
             end: end.map(at),
             limit: 10_000,
+            ..Default::default()
         })
         .await
         .unwrap()

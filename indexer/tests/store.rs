@@ -91,6 +91,7 @@ async fn ids(store: &Store, q: &str) -> BTreeSet<String> {
             start: None,
             end: None,
             limit: 10_000,
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|e| panic!("{q}: {e}"));
@@ -122,6 +123,38 @@ fn expected(
 /// Which events a query must select, read straight from the JSON.
 type Predicate = Box<dyn Fn(&Map<String, Value>) -> bool>;
 
+fn ip_bits(text: &str) -> u128 {
+    match text.parse::<std::net::IpAddr>().unwrap() {
+        std::net::IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        std::net::IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// The addresses among an event's `sourceIPs` strings.
+fn ips(e: &Map<String, Value>) -> Vec<u128> {
+    lookup(e, "sourceIPs")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .filter_map(|s| s.parse::<std::net::IpAddr>().ok())
+                .map(|ip| ip_bits(&ip.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn in_block(network: &'static str, prefix: u32) -> Predicate {
+    let v4 = network.contains('.');
+    let prefix = if v4 { prefix + 96 } else { prefix };
+    let net = ip_bits(network);
+    Box::new(move |e| {
+        ips(e)
+            .iter()
+            .any(|ip| prefix == 0 || (ip ^ net) >> (128 - prefix) == 0)
+    })
+}
+
 fn str_at<'a>(e: &'a Map<String, Value>, path: &str) -> Option<&'a str> {
     lookup(e, path).and_then(Value::as_str)
 }
@@ -141,6 +174,7 @@ async fn every_event_is_stored_whole_and_searchable_by_field() {
             start: None,
             end: None,
             limit: 10_000,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -268,6 +302,23 @@ async fn every_event_is_stored_whole_and_searchable_by_field() {
                     })
             }),
         ),
+        // CIDR blocks and address ranges on IP fields, IPv4 and IPv6,
+        // against an independent reading with std's address types.
+        ("sourceIPs:10.0.0.0/8", in_block("10.0.0.0", 8)),
+        ("sourceIPs:192.168.0.0/16", in_block("192.168.0.0", 16)),
+        ("sourceIPs:54.212.0.0/16", in_block("54.212.0.0", 16)),
+        ("sourceIPs:0.0.0.0/0", in_block("0.0.0.0", 0)),
+        ("sourceIPs:::1/128", in_block("::1", 128)),
+        ("sourceIPs:\"::ffff:10.0.0.0/104\"", in_block("10.0.0.0", 8)),
+        ("sourceIPs:0:0:0:0:0:0:0:1", in_block("::1", 128)),
+        (
+            "sourceIPs:[10.0.0.0 TO 10.0.1.255]",
+            Box::new(|e| {
+                ips(e)
+                    .iter()
+                    .any(|ip| *ip >= ip_bits("10.0.0.0") && *ip <= ip_bits("10.0.1.255"))
+            }),
+        ),
     ];
     for (q, pred) in cases {
         let want = expected(&events, pred);
@@ -287,6 +338,7 @@ async fn time_range_and_limit() {
             start: None,
             end: None,
             limit: 5,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -300,6 +352,7 @@ async fn time_range_and_limit() {
             start: Some(start),
             end: Some(end),
             limit: 10_000,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -328,6 +381,7 @@ async fn bad_queries_are_errors_not_panics() {
                 start: None,
                 end: None,
                 limit: 10,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -342,6 +396,7 @@ async fn bad_queries_are_errors_not_panics() {
             start: None,
             end: None,
             limit: 1_000_000,
+            ..Default::default()
         })
         .await
         .unwrap_err();

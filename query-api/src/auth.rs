@@ -1,22 +1,35 @@
-//! Bearer tokens (`ward indexer --tokens FILE`).
+//! Bearer tokens (`ward indexer --tokens FILE`) and what each role may do.
 //!
-//! The file holds one `<name>:<token>` per line (`#` starts a comment), the
-//! format of `deploy/kubernetes/overlays/production/secrets/tokens.yaml.example`.
-//! The name says the role:
+//! The file holds one `<role>[/<label>][@<ns>,<ns>…]:<token>` per line (`#`
+//! starts a comment), the format of
+//! `deploy/kubernetes/overlays/production/secrets/tokens.yaml.example`:
 //!
-//! | name | role | may |
-//! | --- | --- | --- |
-//! | `collector`, `audit-webhook`, `ingest` | ingest | `POST /api/v1/ingest`, `POST /api/v1/k8s/audit` |
-//! | `reader`, `viewer` | viewer | (search; not enforced yet) |
-//! | `analyst` | analyst | change alert status, run retro-hunts |
-//! | `admin` | admin | everything |
+//! ```text
+//! collector:3kT9…                 an ingest token
+//! viewer/alice@shop,payments:Zq…  alice sees only namespaces shop and payments
+//! admin/ops:Hh…                   the label names the holder in the audit trail
+//! ```
 //!
-//! A name may repeat (several collector tokens, during a rotation). An
-//! unknown name fails the start rather than silently granting nothing.
-//! Presented tokens are compared with every configured token in constant
-//! time, and tokens are never logged.
+//! | role (names) | may |
+//! | --- | --- |
+//! | ingest (`collector`, `audit-webhook`, `ingest`) | `POST /api/v1/ingest`, `POST /api/v1/k8s/audit` only |
+//! | viewer (`reader`, `viewer`) | search, aggregate, timeline, tail |
+//! | analyst | also export (and alert changes, retro-hunts) |
+//! | admin | everything, ingest included |
+//!
+//! A namespace scope limits what the token sees to container lines of
+//! those namespaces (`kubernetes.namespace`) and audit events about objects
+//! in them (`objectRef.namespace`); cluster-scoped events and Ward's own
+//! audit trail are outside every scope. A name may repeat (several
+//! collector tokens, during a rotation). An unknown role fails the start
+//! rather than silently granting nothing. Presented tokens are compared
+//! with every configured token in constant time, and tokens are never
+//! logged: the audit trail names a token by its label, or its role and the
+//! first 8 hex digits of its SHA-256.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use subtle::ConstantTimeEq;
 
@@ -27,6 +40,36 @@ pub enum Role {
     Viewer,
     Analyst,
     Admin,
+}
+
+/// What an endpoint does, for the role check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Ingest,
+    Search,
+    Aggregate,
+    Timeline,
+    Tail,
+    Export,
+    /// Read alerts and sink status.
+    Alerts,
+    /// Change alert status, run retro-hunts.
+    Triage,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Ingest => "ingest",
+            Action::Search => "search",
+            Action::Aggregate => "aggregate",
+            Action::Timeline => "timeline",
+            Action::Tail => "tail",
+            Action::Export => "export",
+            Action::Alerts => "alerts",
+            Action::Triage => "triage",
+        }
+    }
 }
 
 impl Role {
@@ -40,20 +83,59 @@ impl Role {
         }
     }
 
-    /// Whether this role may send events.
-    pub fn may_ingest(self) -> bool {
-        matches!(self, Role::Ingest | Role::Admin)
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Viewer => "viewer",
+            Role::Analyst => "analyst",
+            Role::Admin => "admin",
+        }
     }
 
     /// Whether this role may change alerts and run retro-hunts.
     pub fn may_triage(self) -> bool {
         matches!(self, Role::Analyst | Role::Admin)
     }
+
+    /// Whether this role may send events.
+    pub fn may_ingest(self) -> bool {
+        self.may(Action::Ingest)
+    }
+
+    pub fn may(self, action: Action) -> bool {
+        use Action as A;
+        match self {
+            Role::Admin => true,
+            Role::Ingest => action == A::Ingest,
+            Role::Viewer => matches!(
+                action,
+                A::Search | A::Aggregate | A::Timeline | A::Tail | A::Alerts
+            ),
+            Role::Analyst => matches!(
+                action,
+                A::Search
+                    | A::Aggregate
+                    | A::Timeline
+                    | A::Tail
+                    | A::Export
+                    | A::Alerts
+                    | A::Triage
+            ),
+        }
+    }
+}
+
+/// Who a valid token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub role: Role,
+    /// The label, or `<role>:<sha256 prefix>`: never the token.
+    pub name: String,
+    pub namespaces: Option<Vec<String>>,
 }
 
 struct Entry {
-    name: String,
-    role: Role,
+    identity: Identity,
     token: Vec<u8>,
 }
 
@@ -71,6 +153,12 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
+fn fingerprint(token: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Tokens {
     /// Reads a tokens file; the error names the file and line, not the token.
     pub fn load(path: &Path) -> Result<Tokens, String> {
@@ -86,10 +174,29 @@ impl Tokens {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let Some((name, token)) = line.split_once(':') else {
-                return Err(format!("line {}: not <name>:<token>", i + 1));
+            let Some((spec, token)) = line.split_once(':') else {
+                return Err(format!("line {}: not <role>:<token>", i + 1));
             };
-            let (name, token) = (name.trim(), token.trim());
+            let (spec, token) = (spec.trim(), token.trim());
+            let (spec, namespaces) = match spec.split_once('@') {
+                Some((spec, list)) => {
+                    let namespaces: Vec<String> = list
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    if namespaces.is_empty() {
+                        return Err(format!("line {}: '@' names no namespace", i + 1));
+                    }
+                    (spec, Some(namespaces))
+                }
+                None => (spec, None),
+            };
+            let (name, label) = match spec.split_once('/') {
+                Some((name, label)) => (name, Some(label)),
+                None => (spec, None),
+            };
             let role = Role::from_name(name)
                 .ok_or_else(|| format!("line {}: unknown role {name:?}", i + 1))?;
             if token.len() < 16 {
@@ -98,9 +205,16 @@ impl Tokens {
                     i + 1
                 ));
             }
+            let name = match label {
+                Some(l) if !l.is_empty() => l.to_owned(),
+                _ => format!("{}:{}", role.name(), fingerprint(token)),
+            };
             entries.push(Entry {
-                name: name.to_owned(),
-                role,
+                identity: Identity {
+                    role,
+                    name,
+                    namespaces,
+                },
                 token: token.as_bytes().to_vec(),
             });
         }
@@ -110,38 +224,94 @@ impl Tokens {
         Ok(Tokens { entries })
     }
 
-    /// The role of a presented token, comparing with every entry in
+    /// Who a presented token belongs to, comparing with every entry in
     /// constant time (only the length of a token can leak).
-    pub fn role_of(&self, presented: &[u8]) -> Option<Role> {
+    pub fn identify(&self, presented: &[u8]) -> Option<&Identity> {
         let mut found = None;
         for entry in &self.entries {
             if bool::from(entry.token.as_slice().ct_eq(presented)) {
-                found = found.or(Some(entry.role));
+                found = found.or(Some(&entry.identity));
             }
         }
         found
     }
 
-    /// The role of an `Authorization` header value (`Bearer <token>`).
-    pub fn role_of_header(&self, value: Option<&[u8]>) -> Option<Role> {
-        self.identity_of_header(value).map(|(role, _)| role)
-    }
-
-    /// The role and name (the line's `<name>`, recorded as who changed an
-    /// alert) of an `Authorization` header value.
-    pub fn identity_of_header(&self, value: Option<&[u8]>) -> Option<(Role, &str)> {
+    /// Who an `Authorization` header value (`Bearer <token>`) belongs to.
+    pub fn identify_header(&self, value: Option<&[u8]>) -> Option<&Identity> {
         let value = value?;
         let token = value
             .strip_prefix(b"Bearer ")
             .or_else(|| value.strip_prefix(b"bearer "))?;
-        let presented = token.trim_ascii();
-        let mut found = None;
-        for entry in &self.entries {
-            if bool::from(entry.token.as_slice().ct_eq(presented)) {
-                found = found.or(Some((entry.role, entry.name.as_str())));
-            }
+        self.identify(token.trim_ascii())
+    }
+
+    /// The role of a presented token.
+    pub fn role_of(&self, presented: &[u8]) -> Option<Role> {
+        self.identify(presented).map(|i| i.role)
+    }
+
+    /// The role and name (recorded as who changed an alert) of an
+    /// `Authorization` header value.
+    pub fn identity_of_header(&self, value: Option<&[u8]>) -> Option<(Role, &str)> {
+        self.identify_header(value)
+            .map(|i| (i.role, i.name.as_str()))
+    }
+
+    /// The role of an `Authorization` header value.
+    pub fn role_of_header(&self, value: Option<&[u8]>) -> Option<Role> {
+        self.identify_header(value).map(|i| i.role)
+    }
+}
+
+/// The caller of an API request, as handlers see it: set by the access
+/// middleware (anonymous, unscoped, when no tokens are configured).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// `None` when the API runs without tokens.
+    pub identity: Option<Identity>,
+    pub namespaces: Option<Vec<String>>,
+    /// Results the handler reports for the audit trail (-1: none).
+    count: Arc<AtomicI64>,
+}
+
+impl Caller {
+    pub(crate) fn new(identity: Option<Identity>) -> Caller {
+        Caller {
+            namespaces: identity.as_ref().and_then(|i| i.namespaces.clone()),
+            identity,
+            count: Arc::new(AtomicI64::new(-1)),
         }
-        found
+    }
+
+    /// Records how many results the request returned (for the audit trail).
+    pub fn record_count(&self, n: u64) {
+        self.count
+            .store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    pub(crate) fn count(&self) -> Option<u64> {
+        u64::try_from(self.count.load(Ordering::Relaxed)).ok()
+    }
+
+    pub fn name(&self) -> &str {
+        self.identity
+            .as_ref()
+            .map_or("anonymous", |i| i.name.as_str())
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Caller, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(|| Caller::new(None)))
     }
 }
 
@@ -162,10 +332,6 @@ mod tests {
         assert_eq!(t.role_of(b"webhook-token-1234567"), Some(Role::Ingest));
         assert_eq!(t.role_of(b"reader-token-12345678"), Some(Role::Viewer));
         assert!(!Role::Viewer.may_ingest());
-        assert_eq!(
-            t.identity_of_header(Some(b"Bearer reader-token-12345678")),
-            Some((Role::Viewer, "reader"))
-        );
         assert_eq!(t.role_of(b"c0llector-token-12345"), None, "prefix");
         assert_eq!(t.role_of_header(Some(b"c0llector-token-123456")), None);
         assert_eq!(t.role_of_header(None), None);
@@ -173,5 +339,29 @@ mod tests {
         assert!(Tokens::parse("collector:short").is_err());
         assert!(Tokens::parse("# nothing\n").is_err());
         assert!(!format!("{t:?}").contains("token-"));
+    }
+
+    #[test]
+    fn labels_and_namespace_scopes() {
+        let t = Tokens::parse(
+            "viewer/alice@shop, payments:alice-token-1234567\nanalyst:analyst-token-1234567\n",
+        )
+        .unwrap();
+        let alice = t.identify(b"alice-token-1234567").unwrap();
+        assert_eq!(alice.role, Role::Viewer);
+        assert_eq!(alice.name, "alice");
+        assert_eq!(
+            alice.namespaces,
+            Some(vec!["shop".to_owned(), "payments".to_owned()])
+        );
+        let analyst = t.identify(b"analyst-token-1234567").unwrap();
+        assert!(analyst.name.starts_with("analyst:"), "{}", analyst.name);
+        assert!(!analyst.name.contains("token"));
+        assert_eq!(analyst.namespaces, None);
+        assert!(Tokens::parse("viewer@:abcdefghijklmnopqrstu").is_err());
+        assert!(Role::Analyst.may(Action::Export));
+        assert!(!Role::Viewer.may(Action::Export));
+        assert!(!Role::Ingest.may(Action::Search));
+        assert!(Role::Admin.may(Action::Ingest));
     }
 }

@@ -20,6 +20,12 @@ pub enum ApiError {
     NotFound(String),
     #[error("a valid bearer token of a role that may do this is required")]
     Unauthorized,
+    #[error("this token's role may not {0}")]
+    Forbidden(String),
+    #[error("too many requests for this token; retry later")]
+    RateLimited,
+    #[error("the request took longer than {0} seconds")]
+    Timeout(u64),
 }
 
 #[derive(Serialize)]
@@ -40,6 +46,7 @@ impl ApiError {
             Store::Wire(Wire::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Store::Wire(_) => StatusCode::BAD_REQUEST,
             Store::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Store::Budget(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Store::Tantivy(_) | Store::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -62,6 +69,9 @@ impl ApiError {
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -76,8 +86,11 @@ impl IntoResponse for ApiError {
             ApiError::Store(ward_indexer::Error::Query { position, .. }) => Some(*position),
             _ => None,
         };
-        let kind =
-            matches!(self, ApiError::Store(ward_indexer::Error::Query { .. })).then_some("query");
+        let kind = match &self {
+            ApiError::Store(ward_indexer::Error::Query { .. }) => Some("query"),
+            ApiError::Store(ward_indexer::Error::Budget(_)) => Some("budget"),
+            _ => None,
+        };
         let body = ErrorBody {
             error: self.to_string(),
             position,
@@ -89,7 +102,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

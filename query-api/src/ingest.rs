@@ -38,6 +38,15 @@ pub(crate) async fn ingest(
     })
     .await
     .map_err(|e| ApiError::BadRequest(e.to_string()))??;
+    // Ward's own events (the API audit trail) are written only by Ward.
+    if records
+        .iter()
+        .any(|r| r.source == ward_event::SourceKind::Ward)
+    {
+        return Err(ApiError::BadRequest(
+            "records with source \"ward\" are written only by Ward itself".into(),
+        ));
+    }
     let receipt = state.store.ingest(records).await?;
     Ok(Json(receipt))
 }

@@ -1,20 +1,29 @@
 //! Ward's HTTP API, served by the indexer process: batch ingest from
-//! collectors, search, alerts and retro-hunts (`alerts`), health, and the
+//! collectors; search, aggregations, export, live tail and timelines for
+//! analysts (behind [`access`]: roles, scopes, rate limits, timeouts and
+//! the audit trail); alerts and retro-hunts (`alerts`); health, metrics,
+//! the OpenAPI document and the
 //! embedded dashboard.
 //!
 //! Handlers are thin: they parse parameters, call the store, and turn
 //! [`ApiError`] into a status code in one place ([`error`]).
 
+pub mod access;
+mod aggregate;
 mod alerts;
 pub mod auth;
 mod error;
+mod export;
 mod ingest;
 mod metrics;
 mod search;
+mod tail;
+mod timeline;
 pub mod tls;
 mod webhook;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -33,6 +42,17 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Largest batch accepted after decompression.
     pub max_batch_bytes: usize,
+    /// Hits fetched per internal page of an export.
+    pub export_page_size: usize,
+    /// Longest a search, aggregation or timeline request may run (for
+    /// export and tail: until the response starts).
+    pub request_timeout: Duration,
+    /// Per-token rate limit (requests per second; 0 disables) and burst,
+    /// applied when tokens are configured.
+    pub rate_limit_per_sec: f64,
+    pub rate_limit_burst: u32,
+    /// Record every API request as a `source:ward` event.
+    pub audit_trail: bool,
 }
 
 impl Default for ApiConfig {
@@ -40,6 +60,11 @@ impl Default for ApiConfig {
         ApiConfig {
             max_body_bytes: 16 * 1024 * 1024,
             max_batch_bytes: 128 * 1024 * 1024,
+            export_page_size: 1_000,
+            request_timeout: Duration::from_secs(30),
+            rate_limit_per_sec: 20.0,
+            rate_limit_burst: 40,
+            audit_trail: true,
         }
     }
 }
@@ -61,6 +86,21 @@ pub(crate) struct AppState {
     store: Store,
     config: Arc<ApiConfig>,
     options: Arc<ApiOptions>,
+    limiter: Arc<access::RateLimiter>,
+}
+
+impl AppState {
+    fn new(store: Store, config: ApiConfig, options: ApiOptions) -> AppState {
+        AppState {
+            store,
+            limiter: Arc::new(access::RateLimiter::new(
+                config.rate_limit_per_sec,
+                config.rate_limit_burst,
+            )),
+            config: Arc::new(config),
+            options: Arc::new(options),
+        }
+    }
 }
 
 /// The whole API as one router.
@@ -71,11 +111,7 @@ pub fn router(store: Store, config: ApiConfig) -> Router {
 /// The whole API, with ingest authentication and webhook defaults, on one
 /// listener: [`ingest_router`] and [`api_router`] merged.
 pub fn router_with(store: Store, config: ApiConfig, options: ApiOptions) -> Router {
-    let state = AppState {
-        store,
-        config: Arc::new(config),
-        options: Arc::new(options),
-    };
+    let state = AppState::new(store, config, options);
     ingest_routes(state.clone())
         .merge(api_routes(state.clone()))
         .fallback(get(dashboard))
@@ -86,11 +122,7 @@ pub fn router_with(store: Store, config: ApiConfig, options: ApiOptions) -> Rout
 /// endpoints and `/healthz`. Served on its own listener (`--listen`, with
 /// mutual TLS in a cluster) when the API has one of its own.
 pub fn ingest_router(store: Store, config: ApiConfig, options: ApiOptions) -> Router {
-    let state = AppState {
-        store,
-        config: Arc::new(config),
-        options: Arc::new(options),
-    };
+    let state = AppState::new(store, config, options);
     ingest_routes(state.clone())
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(uri.path().to_owned()) })
@@ -100,11 +132,7 @@ pub fn ingest_router(store: Store, config: ApiConfig, options: ApiOptions) -> Ro
 /// What people and Prometheus talk to: search, metrics, probes and the
 /// dashboard (`--api-listen`).
 pub fn api_router(store: Store, config: ApiConfig, options: ApiOptions) -> Router {
-    let state = AppState {
-        store,
-        config: Arc::new(config),
-        options: Arc::new(options),
-    };
+    let state = AppState::new(store, config, options);
     api_routes(state.clone())
         .fallback(get(dashboard))
         .with_state(state)
@@ -132,15 +160,59 @@ fn ingest_routes(state: AppState) -> Router<AppState> {
         )
 }
 
-fn api_routes(_state: AppState) -> Router<AppState> {
+fn api_routes(state: AppState) -> Router<AppState> {
+    use auth::Action;
+    let guard = |action: Action, streaming: bool| {
+        axum::middleware::from_fn_with_state(
+            state.clone(),
+            move |s: axum::extract::State<AppState>,
+                  r: axum::extract::Request,
+                  n: axum::middleware::Next| access::guard(s, action, streaming, r, n),
+        )
+    };
     Router::new()
-        .route("/api/v1/search", get(search::search))
+        .route(
+            "/api/v1/search",
+            get(search::search).layer(guard(Action::Search, false)),
+        )
+        .route(
+            "/api/v1/aggregate",
+            get(aggregate::aggregate).layer(guard(Action::Aggregate, false)),
+        )
+        .route(
+            "/api/v1/timeline",
+            get(timeline::timeline).layer(guard(Action::Timeline, false)),
+        )
+        .route(
+            "/api/v1/export",
+            get(export::export).layer(guard(Action::Export, true)),
+        )
+        .route(
+            "/api/v1/tail",
+            get(tail::tail).layer(guard(Action::Tail, true)),
+        )
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics::metrics))
-        .route("/api/v1/alerts", get(alerts::list))
-        .route("/api/v1/alerts/sinks", get(alerts::sinks))
-        .route("/api/v1/alerts/{id}", get(alerts::get_one))
-        .route("/api/v1/alerts/{id}/status", post(alerts::set_status))
-        .route("/api/v1/rules/hunt", post(alerts::hunt))
+        .route(
+            "/api/v1/alerts",
+            get(alerts::list).layer(guard(Action::Alerts, false)),
+        )
+        .route(
+            "/api/v1/alerts/sinks",
+            get(alerts::sinks).layer(guard(Action::Alerts, false)),
+        )
+        .route(
+            "/api/v1/alerts/{id}",
+            get(alerts::get_one).layer(guard(Action::Alerts, false)),
+        )
+        .route(
+            "/api/v1/alerts/{id}/status",
+            post(alerts::set_status).layer(guard(Action::Triage, false)),
+        )
+        .route(
+            "/api/v1/rules/hunt",
+            post(alerts::hunt).layer(guard(Action::Triage, false)),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
 }
@@ -165,6 +237,14 @@ async fn require_ingest_token(
         }
     }
     next.run(request).await
+}
+
+/// The OpenAPI document of this API (hand-written; `tests/api/` checks the
+/// live server against it with schemathesis).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn dashboard(uri: axum::http::Uri) -> Response {

@@ -1,11 +1,12 @@
-//! `GET /api/v1/search?q=&start=&end=&limit=`: newest first.
+//! `GET /api/v1/search?q=&start=&end=&order=&limit=&cursor=`.
 
 use axum::Json;
 use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use ward_indexer::{SearchRequest, SearchResponse};
+use ward_indexer::{SearchRequest, SearchResponse, SortOrder};
 
+use crate::auth::Caller;
 use crate::{ApiError, AppState};
 
 /// Page size when the request names none.
@@ -19,10 +20,13 @@ pub(crate) struct SearchParams {
     start: Option<String>,
     end: Option<String>,
     limit: Option<usize>,
+    order: Option<SortOrder>,
+    cursor: Option<String>,
 }
 
 pub(crate) async fn search(
     State(state): State<AppState>,
+    caller: Caller,
     params: Result<Query<SearchParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -31,8 +35,13 @@ pub(crate) async fn search(
         start: parse_time("start", params.start.as_deref())?,
         end: parse_time("end", params.end.as_deref())?,
         limit: params.limit.unwrap_or(DEFAULT_LIMIT),
+        order: params.order.unwrap_or_default(),
+        cursor: params.cursor,
+        namespaces: caller.namespaces.clone(),
     };
-    Ok(Json(state.store.search(request).await?))
+    let response = state.store.search(request).await?;
+    caller.record_count(response.hits.len() as u64);
+    Ok(Json(response))
 }
 
 pub(crate) fn parse_time(

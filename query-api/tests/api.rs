@@ -91,6 +91,7 @@ async fn bad_input_gets_a_clear_status() {
     let config = ApiConfig {
         max_body_bytes: 64 * 1024,
         max_batch_bytes: 256 * 1024,
+        ..ApiConfig::default()
     };
     let app = router(store.clone(), config);
 

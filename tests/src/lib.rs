@@ -134,6 +134,8 @@ impl Drop for Process {
 pub struct Client {
     pub base: String,
     http: reqwest::blocking::Client,
+    /// Bearer token sent with searches (an indexer with `--tokens` needs one).
+    token: Option<String>,
 }
 
 impl Client {
@@ -145,6 +147,7 @@ impl Client {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("client"),
+            token: None,
         }
     }
 
@@ -172,9 +175,12 @@ impl Client {
         let resp = self
             .http
             .get(format!("{}/api/v1/search", self.base))
-            .query(&[("q", q), ("limit", &limit.to_string())])
-            .send()
-            .expect("search request");
+            .query(&[("q", q), ("limit", &limit.to_string())]);
+        let resp = match &self.token {
+            Some(token) => resp.bearer_auth(token),
+            None => resp,
+        };
+        let resp = resp.send().expect("search request");
         let status = resp.status().as_u16();
         (status, resp.json().expect("search answer is JSON"))
     }
@@ -214,7 +220,14 @@ impl Client {
         Client {
             base: base.into(),
             http,
+            token: None,
         }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with searches.
+    pub fn with_token(mut self, token: &str) -> Client {
+        self.token = Some(token.to_owned());
+        self
     }
 
     /// The underlying HTTP client, for requests other than search.

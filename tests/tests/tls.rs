@@ -15,13 +15,19 @@ use ward_e2e::{
 
 const WAIT: Duration = Duration::from_secs(60);
 const COLLECTOR_TOKEN: &str = "collector-token-0123456789abcdef";
+const VIEWER_TOKEN: &str = "viewer-token-0123456789abcdef";
 
 #[test]
 fn mutual_tls_and_tokens_between_collector_and_indexer() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::generate(&dir.path().join("pki"));
     let tokens = dir.path().join("tokens.yaml");
-    std::fs::write(&tokens, format!("collector:{COLLECTOR_TOKEN}\n")).unwrap();
+    // With tokens, search needs a token of a role that may search.
+    std::fs::write(
+        &tokens,
+        format!("collector:{COLLECTOR_TOKEN}\nviewer:{VIEWER_TOKEN}\n"),
+    )
+    .unwrap();
     let port = free_port();
     let p = |path: &std::path::Path| path.display().to_string();
     let _indexer = start_indexer(
@@ -40,7 +46,8 @@ fn mutual_tls_and_tokens_between_collector_and_indexer() {
         ],
     );
     let base = format!("https://127.0.0.1:{port}");
-    let client = Client::with_http(&base, pki.client(Some((&pki.client_cert, &pki.client_key))));
+    let client = Client::with_http(&base, pki.client(Some((&pki.client_cert, &pki.client_key))))
+        .with_token(VIEWER_TOKEN);
     client.wait_healthy(WAIT);
 
     // Without a client certificate, or with one from another CA: no TLS session.

@@ -8,6 +8,7 @@ use anyhow::Context;
 use std::sync::Arc;
 
 use ward_indexer::{IngestTap, Store, StoreConfig};
+use ward_query_api::access::ClientAddr;
 use ward_query_api::{AlertsApi, ApiConfig, ApiOptions, api_router, ingest_router, router_with};
 
 use crate::detect::{self, Detection};
@@ -145,15 +146,21 @@ async fn serve(
         Some(tls) => {
             let listener = ward_query_api::tls::TlsListener::new(listener, tls)
                 .context("cannot start the tls listener")?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .context("server failed")
-        }
-        None => axum::serve(listener, app)
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<ClientAddr>(),
+            )
             .with_graceful_shutdown(shutdown)
             .await
-            .context("server failed"),
+            .context("server failed")
+        }
+        None => axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<ClientAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server failed"),
     }
 }
 

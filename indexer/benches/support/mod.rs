@@ -315,6 +315,7 @@ pub fn run_ward(corpus: &Corpus, settings: &Settings, dir: &Path) -> WardRun {
                             start: None,
                             end: None,
                             limit: 100,
+                            ..Default::default()
                         };
                         store.search_blocking(&request).expect("search");
                         searches.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,521 @@
+//! The investigation endpoints through the real router (`oneshot`) on real
+//! indexes: aggregate, export, tail, timeline, and access control with the
+//! audit trail.
+
+// Test helpers outside #[test] functions may unwrap too: a panic is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use ward_event::wire::{BatchWriter, DecodedRecord};
+use ward_event::{Record, SourceKind};
+use ward_indexer::{Store, StoreConfig};
+use ward_query_api::auth::Tokens;
+use ward_query_api::{ApiConfig, ApiOptions, router, router_with};
+
+const T0: i64 = 1_795_474_800;
+
+fn audit(i: i64, user: &str, verb: &str, ns: &str, sub: Option<&str>) -> DecodedRecord {
+    let mut object = json!({"resource": "pods", "namespace": ns, "name": format!("web-{}", i % 2)});
+    if let Some(s) = sub {
+        object["subresource"] = json!(s);
+    }
+    Record {
+        id: format!("a/{i}"),
+        source: SourceKind::Audit,
+        timestamp: chrono::DateTime::from_timestamp(T0 + i, 0).unwrap(),
+        cluster: None,
+        node: None,
+        flags: vec![],
+        parse_error: None,
+        file: None,
+        offset: None,
+        event: json!({"verb": verb, "user": {"username": user}, "objectRef": object,
+                      "sourceIPs": [format!("10.0.{}.{}", i % 3, i % 250)]})
+        .as_object()
+        .unwrap()
+        .clone(),
+    }
+}
+
+fn container(i: i64, ns: &str, pod: &str, message: &str) -> DecodedRecord {
+    Record {
+        id: format!("c/{i}"),
+        source: SourceKind::Container,
+        timestamp: chrono::DateTime::from_timestamp(T0 + i, 0).unwrap(),
+        cluster: None,
+        node: Some("n1".into()),
+        flags: vec![],
+        parse_error: None,
+        file: None,
+        offset: None,
+        event: json!({"message": message, "stream": "stdout",
+                      "kubernetes": {"namespace": ns, "pod": pod, "container": "app"}})
+        .as_object()
+        .unwrap()
+        .clone(),
+    }
+}
+
+fn quiet() -> ApiConfig {
+    ApiConfig {
+        audit_trail: false,
+        ..ApiConfig::default()
+    }
+}
+
+async fn store_with(records: Vec<DecodedRecord>) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::new(dir.path());
+    config.commit_interval = Duration::from_millis(20);
+    let store = Store::open(config).unwrap();
+    if !records.is_empty() {
+        store.ingest(records).await.unwrap();
+    }
+    (dir, store)
+}
+
+async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, body)
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+fn get_as(uri: &str, token: &str) -> Request<Body> {
+    Request::get(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn aggregate_endpoint() {
+    let records = (0..60)
+        .map(|i| {
+            audit(
+                i,
+                if i % 3 == 0 { "alice" } else { "bob" },
+                "get",
+                "shop",
+                None,
+            )
+        })
+        .collect();
+    let (_dir, store) = store_with(records).await;
+    let app = router(store.clone(), quiet());
+    let (status, body) = call(
+        &app,
+        get("/api/v1/aggregate?q=verb:get&start=2026-11-23T23:00:00Z&end=2026-11-23T23:01:00Z&histogram=10s&terms=user.username&size=5"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["total"], 60);
+    assert_eq!(body["histogram"]["buckets"].as_array().unwrap().len(), 6);
+    assert_eq!(body["histogram"]["buckets"][0]["count"], 10);
+    assert_eq!(
+        body["terms"]["buckets"][0],
+        json!({"key": "bob", "count": 40})
+    );
+    let (status, body) = call(&app, get("/api/v1/aggregate?terms=requestURI")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("keyword column"));
+    let (status, body) = call(
+        &app,
+        get("/api/v1/aggregate?histogram=1ms&start=2026-01-01T00:00:00Z&end=2026-12-01T00:00:00Z"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["kind"], "budget");
+    let (status, _) = call(&app, get("/api/v1/aggregate?histogram=fortnightly")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn export_streams_every_match_in_time_order() {
+    let n = 2_500;
+    let records = (0..n)
+        .map(|i| container(i, "shop", "web-0", &format!("line {i}, \"quoted\"")))
+        .collect();
+    let (_dir, store) = store_with(records).await;
+    // Pages of 64 hits: the export walks 40 pages with the cursor.
+    let app = router(
+        store.clone(),
+        ApiConfig {
+            export_page_size: 64,
+            ..quiet()
+        },
+    );
+    let resp = app
+        .clone()
+        .oneshot(get("/api/v1/export?q=kubernetes.namespace:shop"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/x-ndjson");
+    // Read it as a stream, chunk by chunk, without keeping the body.
+    let mut stream = resp.into_body().into_data_stream();
+    let mut rest = Vec::new();
+    let mut count = 0i64;
+    let mut chunks = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        chunks += 1;
+        rest.extend_from_slice(&chunk);
+        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = rest.drain(..=pos).collect();
+            let hit: Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(
+                hit["ward"]["id"],
+                format!("c/{count}"),
+                "oldest first, none skipped"
+            );
+            count += 1;
+        }
+    }
+    assert_eq!(count, n);
+    assert!(chunks >= 40, "{chunks} chunks: streamed page by page");
+
+    let (status, body) = call(
+        &app,
+        get("/api/v1/export?q=message:%22line%207%22&format=csv"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let text = body.as_str().unwrap();
+    let mut lines = text.split("\r\n");
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("timestamp,source,cluster,node,namespace")
+    );
+    let row = lines.next().unwrap();
+    assert!(row.contains("\"line 7, \"\"quoted\"\"\""), "{row}");
+    let (status, body) = call(&app, get("/api/v1/export?q=verb:(")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) = call(&app, get("/api/v1/export?format=xml")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn tail_streams_new_matches_as_server_sent_events() {
+    let (_dir, store) = store_with(vec![]).await;
+    let app = router(store.clone(), quiet());
+    let resp = app
+        .clone()
+        .oneshot(get("/api/v1/tail?q=message:panic"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut stream = resp.into_body().into_data_stream();
+    let ingest = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            // Give the subscriber a moment, then write.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            store
+                .ingest(vec![
+                    container(1, "shop", "web-0", "all good"),
+                    container(2, "shop", "web-0", "panic: nil map"),
+                ])
+                .await
+                .unwrap();
+        })
+    };
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    ingest.await.unwrap();
+    assert!(text.starts_with("event: hit\ndata: "), "{text}");
+    assert!(text.contains("panic: nil map"), "{text}");
+    assert!(!text.contains("all good"), "{text}");
+    let (status, _) = call(&app, get("/api/v1/tail?q=a:(")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn timeline_of_a_user_an_ip_and_a_pod() {
+    let records = vec![
+        audit(1, "mallory", "get", "shop", None),
+        audit(2, "mallory", "create", "shop", Some("exec")),
+        audit(3, "alice", "get", "shop", None),
+        {
+            let mut r = audit(4, "mallory", "get", "payments", None);
+            r.event["objectRef"] =
+                json!({"resource": "secrets", "namespace": "payments", "name": "db"});
+            r
+        },
+        container(5, "shop", "web-0", "sh: whoami"),
+        container(6, "shop", "web-1", "other pod"),
+    ];
+    let (_dir, store) = store_with(records).await;
+    let app = router(store.clone(), quiet());
+    let (status, body) = call(&app, get("/api/v1/timeline?entity=user:mallory")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids: Vec<&str> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["ward"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["a/1", "a/2", "a/4"], "oldest first");
+    assert_eq!(
+        body["related"]["pods_exec"],
+        json!([{"value": "shop/web-0", "count": 1}])
+    );
+    assert_eq!(
+        body["related"]["secrets_read"],
+        json!([{"value": "payments/db", "count": 1}])
+    );
+    assert_eq!(body["related"]["source_ips"].as_array().unwrap().len(), 3);
+
+    let (_, body) = call(&app, get("/api/v1/timeline?entity=pod:shop/web-0")).await;
+    let ids: Vec<&str> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["ward"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["a/2", "c/5"],
+        "audit events about the pod and its own lines"
+    );
+    assert_eq!(
+        body["related"]["users"],
+        json!([{"value": "mallory", "count": 1}])
+    );
+
+    let (_, body) = call(&app, get("/api/v1/timeline?entity=ip:10.0.1.0/24")).await;
+    assert_eq!(body["total"], 2, "{body}");
+    let (status, _) = call(&app, get("/api/v1/timeline?entity=pod:nopod")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    store.shutdown().await;
+}
+
+const TOKENS: &str = "\
+viewer/vera:viewer-token-00000000
+viewer/nina@shop:scoped-token-0000000
+analyst/ann:analyst-token-0000000
+admin/root:admin-token-000000000
+collector:ingest-token-00000000
+";
+
+#[tokio::test]
+async fn roles_scopes_rate_limits_and_the_audit_trail() {
+    let records = vec![
+        audit(1, "alice", "get", "shop", None),
+        audit(2, "alice", "get", "payments", None),
+        container(3, "shop", "web-0", "hello"),
+        container(4, "payments", "pay-0", "hello"),
+    ];
+    let (_dir, store) = store_with(records).await;
+    let options = ApiOptions {
+        tokens: Some(Arc::new(Tokens::parse(TOKENS).unwrap())),
+        ..ApiOptions::default()
+    };
+    let app = router_with(store.clone(), ApiConfig::default(), options.clone());
+    let endpoints = [
+        "/api/v1/search?q=*",
+        "/api/v1/aggregate?terms=verb",
+        "/api/v1/timeline?entity=user:alice",
+        "/api/v1/export?q=*",
+        "/api/v1/tail?q=*",
+    ];
+    for uri in endpoints {
+        let (status, _) = call(&app, get(uri)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri} without a token");
+        let (status, _) = call(&app, get_as(uri, "wrong-token-000000000")).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{uri} with an unknown token"
+        );
+        let (status, _) = call(&app, get_as(uri, "ingest-token-00000000")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri} with an ingest token");
+        let viewer = app
+            .clone()
+            .oneshot(get_as(uri, "viewer-token-00000000"))
+            .await
+            .unwrap();
+        let want = if uri.contains("export") {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(viewer.status(), want, "{uri} as a viewer");
+        for token in ["analyst-token-0000000", "admin-token-000000000"] {
+            let resp = app.clone().oneshot(get_as(uri, token)).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{uri} as {token}");
+        }
+    }
+    // Ingest stays ingest-only.
+    let batch = {
+        let mut w = BatchWriter::new();
+        w.push(&audit(9, "x", "get", "shop", None)).unwrap();
+        w.take()
+    };
+    let ingest = |token: &str| {
+        Request::post("/api/v1/ingest")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::from(batch.clone()))
+            .unwrap()
+    };
+    let (status, _) = call(&app, ingest("viewer-token-00000000")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = call(&app, ingest("ingest-token-00000000")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // A namespace scope filters audit events and container lines.
+    let (_, body) = call(&app, get_as("/api/v1/search?q=*", "scoped-token-0000000")).await;
+    let mut ids: Vec<&str> = body["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["ward"]["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["a/1", "a/9", "c/3"], "{body}");
+    let (_, body) = call(
+        &app,
+        get_as("/api/v1/aggregate?terms=verb", "scoped-token-0000000"),
+    )
+    .await;
+    assert_eq!(body["total"], 3);
+
+    // The viewer's search is in the audit trail, visible to an admin.
+    let (_, _) = call(
+        &app,
+        get_as(
+            "/api/v1/search?q=user.username:needle&limit=3",
+            "viewer-token-00000000",
+        ),
+    )
+    .await;
+    let mut found = Value::Null;
+    for _ in 0..100 {
+        let (_, body) = call(
+            &app,
+            get_as(
+                "/api/v1/search?q=source:ward%20AND%20api.caller:vera%20AND%20api.params.q:%22user.username:needle%22",
+                "admin-token-000000000",
+            ),
+        )
+        .await;
+        if body["total"] == 1 {
+            found = body["hits"][0].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(found["api"]["endpoint"], "/api/v1/search", "{found}");
+    assert_eq!(found["api"]["role"], "viewer");
+    assert_eq!(found["api"]["status"], 200);
+    assert_eq!(found["api"]["results"], 0);
+    assert_eq!(found["api"]["params"]["limit"], "3");
+    // The scoped viewer cannot see the trail; nobody can rewrite it.
+    let (_, body) = call(
+        &app,
+        get_as("/api/v1/search?q=source:ward", "scoped-token-0000000"),
+    )
+    .await;
+    assert_eq!(body["total"], 0);
+    let mut forged = audit(10, "x", "get", "shop", None);
+    forged.source = SourceKind::Ward;
+    let mut w = BatchWriter::new();
+    w.push(&forged).unwrap();
+    let req = Request::post("/api/v1/ingest")
+        .header(header::AUTHORIZATION, "Bearer admin-token-000000000")
+        .body(Body::from(w.take()))
+        .unwrap();
+    let (status, _) = call(&app, req).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "source:ward is written only by Ward"
+    );
+    for method in ["DELETE", "PUT", "PATCH"] {
+        let req = Request::builder()
+            .method(method)
+            .uri("/api/v1/search?q=source:ward")
+            .header(header::AUTHORIZATION, "Bearer admin-token-000000000")
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
+    }
+
+    // A per-token rate limit: a burst of 3, then 429 for that token only.
+    let limited = router_with(
+        store.clone(),
+        ApiConfig {
+            rate_limit_per_sec: 0.5,
+            rate_limit_burst: 3,
+            audit_trail: false,
+            ..ApiConfig::default()
+        },
+        options,
+    );
+    for _ in 0..3 {
+        let (status, _) = call(&limited, get_as("/api/v1/search", "viewer-token-00000000")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let resp = limited
+        .clone()
+        .oneshot(get_as("/api/v1/search", "viewer-token-00000000"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key(header::RETRY_AFTER));
+    let (status, _) = call(&limited, get_as("/api/v1/search", "analyst-token-0000000")).await;
+    assert_eq!(status, StatusCode::OK);
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_names_every_api_route() {
+    let (_dir, store) = store_with(vec![]).await;
+    let app = router(store.clone(), quiet());
+    let (status, doc) = call(&app, get("/api/v1/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.0.3");
+    for path in [
+        "/api/v1/search",
+        "/api/v1/aggregate",
+        "/api/v1/export",
+        "/api/v1/tail",
+        "/api/v1/timeline",
+    ] {
+        assert!(doc["paths"][path]["get"].is_object(), "{path}");
+        // The route exists and is a GET.
+        let resp = app.clone().oneshot(get(path)).await.unwrap();
+        assert_ne!(resp.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    store.shutdown().await;
+}
