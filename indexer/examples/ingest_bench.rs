@@ -8,7 +8,9 @@
 //! Options: `--events N` (1,000,000), `--senders N` (batches in flight, 4),
 //! `--threads N` and `--heap-mib N` (tantivy writer, Ward's defaults),
 //! `--commit-ms N` (Ward's group commit interval, 250), `--search-threads N`
-//! (threads searching in a loop during Ward's ingest, 0), `--dir PATH`
+//! (threads searching in a loop during Ward's ingest, 0), `--one-day`
+//! (event times spread over one day, as live ingest; by default the
+//! fixtures' own times, which span years), `--dir PATH`
 //! (where the indexes are written; a temporary directory by default),
 //! `--only ward|raw`.
 //!
@@ -28,6 +30,7 @@ struct Args {
     settings: Settings,
     dir: Option<std::path::PathBuf>,
     only: Option<String>,
+    one_day: bool,
 }
 
 fn parse_args() -> Args {
@@ -36,6 +39,7 @@ fn parse_args() -> Args {
         settings: Settings::default(),
         dir: None,
         only: None,
+        one_day: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,6 +56,7 @@ fn parse_args() -> Args {
             "--commit-ms" => {
                 args.settings.commit_interval = Duration::from_millis(number(value()) as u64)
             }
+            "--one-day" => args.one_day = true,
             "--search-threads" => args.settings.search_threads = number(value()),
             "--dir" => args.dir = Some(value().into()),
             "--only" => args.only = Some(value()),
@@ -64,7 +69,7 @@ fn parse_args() -> Args {
 
 fn usage(reason: &str) -> ! {
     eprintln!(
-        "{reason}\nusage: ingest_bench [--events N] [--senders N] [--threads N] [--heap-mib N] [--commit-ms N] [--search-threads N] [--dir PATH] [--only ward|raw]"
+        "{reason}\nusage: ingest_bench [--events N] [--senders N] [--threads N] [--heap-mib N] [--commit-ms N] [--search-threads N] [--one-day] [--dir PATH] [--only ward|raw]"
     );
     std::process::exit(2)
 }
@@ -117,7 +122,7 @@ fn main() {
         s.commit_interval.as_millis()
     );
 
-    let (corpus, gen_time) = support::measure(|| support::corpus(args.events));
+    let (corpus, gen_time) = support::measure(|| support::corpus_with(args.events, args.one_day));
     println!(
         "corpus: {} events, {:.1} MB event JSON, {:.1} MB NDJSON records, {:.1} MB zstd-3 in {} batches (generated in {:.1} s)",
         corpus.events,

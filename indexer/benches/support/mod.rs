@@ -88,7 +88,19 @@ const TIME_KEYS: &[&str] = &["requestReceivedTimestamp", "stageTimestamp", "time
 /// auditID and timestamps (copy `k` is shifted by `k` seconds), and packs
 /// them into batches with the collector's envelope, size and zstd level.
 pub fn corpus(events: usize) -> Corpus {
+    corpus_with(events, false)
+}
+
+/// Like [`corpus`]; with `one_day`, the events are instead spread evenly
+/// over one UTC day in arrival order, as a live cluster's would be (the
+/// fixtures' own times span years, so the plain corpus writes to many day
+/// partitions in every batch, which live ingest does not).
+pub fn corpus_with(events: usize, one_day: bool) -> Corpus {
     let templates = templates();
+    let day_start = DateTime::parse_from_rfc3339("2026-11-23T00:00:00Z")
+        .expect("a valid time")
+        .with_timezone(&Utc);
+    let step_nanos = 86_400_000_000_000i64 / events.max(1) as i64;
     let mut writer = BatchWriter::new();
     let mut batches = Vec::new();
     let mut event_bytes = 0u64;
@@ -116,8 +128,12 @@ pub fn corpus(events: usize) -> Corpus {
             if let Some(Value::String(t)) = event.get_mut(*key)
                 && let Ok(parsed) = DateTime::parse_from_rfc3339(t)
             {
-                *t = (parsed.with_timezone(&Utc) + shift)
-                    .to_rfc3339_opts(SecondsFormat::Micros, true);
+                let time = if one_day {
+                    day_start + chrono::Duration::nanoseconds(step_nanos * n as i64)
+                } else {
+                    parsed.with_timezone(&Utc) + shift
+                };
+                *t = time.to_rfc3339_opts(SecondsFormat::Micros, true);
             }
         }
         let timestamp = audit::event_time(&event).unwrap_or_else(Utc::now);
