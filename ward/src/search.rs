@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
 
@@ -88,15 +88,17 @@ async fn send(
     }
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
+    Err(server_error(&args.query, status, &body))
+}
+
+/// The server's error answer, with a caret under the failing position of
+/// a query error.
+fn server_error(query: &str, status: reqwest::StatusCode, body: &Value) -> anyhow::Error {
     let message = body["error"].as_str().unwrap_or("unknown error");
-    if let Some(pos) = body["position"].as_u64() {
-        bail!(
-            "{message}\n  {}\n  {}^",
-            args.query,
-            " ".repeat(pos as usize)
-        );
+    match body["position"].as_u64() {
+        Some(pos) => anyhow::anyhow!("{message}\n  {query}\n  {}^", " ".repeat(pos as usize)),
+        None => anyhow::anyhow!("{status}: {message}"),
     }
-    bail!("{status}: {message}")
 }
 
 pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
@@ -126,15 +128,7 @@ pub async fn run(args: SearchArgs) -> anyhow::Result<()> {
         .await
         .context("the server's answer is not JSON")?;
     if !status.is_success() {
-        let message = body["error"].as_str().unwrap_or("unknown error");
-        if let Some(pos) = body["position"].as_u64() {
-            bail!(
-                "{message}\n  {}\n  {}^",
-                args.query,
-                " ".repeat(pos as usize)
-            );
-        }
-        bail!("{status}: {message}");
+        return Err(server_error(&args.query, status, &body));
     }
     let mut out = std::io::stdout().lock();
     let hits = body["hits"].as_array().cloned().unwrap_or_default();
