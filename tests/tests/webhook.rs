@@ -92,7 +92,7 @@ fn indexer_webhook_takes_event_lists_and_refuses_bad_bodies_and_tokens() {
             "default-cluster".into(),
         ],
     );
-    let client = Client::new(format!("http://127.0.0.1:{port}"));
+    let client = Client::new(format!("http://127.0.0.1:{port}")).with_token(READER_TOKEN);
     client.wait_healthy(WAIT);
     let url = format!("{}/api/v1/k8s/audit?cluster=prod", client.base);
     let (body, events) = event_list(30);
