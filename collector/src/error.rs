@@ -14,6 +14,8 @@ pub enum Error {
     Checkpoint { path: String, reason: String },
     #[error("http client: {0}")]
     Http(String),
+    #[error("compressing a batch: {0}")]
+    Compress(String),
     #[error("collector task stopped: {0}")]
     Stopped(String),
 }

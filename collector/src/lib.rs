@@ -23,6 +23,7 @@
 
 mod checkpoint;
 mod config;
+mod encode;
 mod error;
 pub mod kube;
 pub mod metrics;
@@ -36,7 +37,7 @@ pub use config::{CollectorConfig, SpoolFull};
 pub use error::Error;
 pub use metrics::Metrics;
 pub use ship::Shipper;
-pub use tail::{Batch, Tailer};
+pub use tail::{Batch, Body, Tailer};
 
 use tokio::sync::mpsc;
 

@@ -30,7 +30,7 @@ use crate::checkpoint::{Checkpoints, FilePosition};
 use crate::config::SpoolFull;
 use crate::metrics::Metrics;
 use crate::spool::{Pushed, Spool};
-use crate::tail::Batch;
+use crate::tail::{Batch, Body};
 use crate::{CollectorConfig, Error};
 
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -151,14 +151,19 @@ impl Shipper {
     async fn deliver(&self, batch: Batch, stop: &AtomicBool) -> Option<Vec<FilePosition>> {
         let level = self.zstd_level;
         let Batch {
-            ndjson,
+            body,
             records,
             positions,
             durable,
         } = batch;
-        let body = tokio::task::spawn_blocking(move || wire::compress(&ndjson, level))
-            .await
-            .ok()?;
+        let body = match body {
+            Body::Zstd(body) => body,
+            Body::Ndjson(ndjson) => {
+                tokio::task::spawn_blocking(move || wire::compress(&ndjson, level))
+                    .await
+                    .ok()?
+            }
+        };
         let body = bytes::Bytes::from(body);
         let done = self.place(&body, records, stop).await;
         if let Some(durable) = durable {

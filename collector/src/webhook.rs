@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
 use crate::metrics::Metrics;
-use crate::tail::Batch;
+use crate::tail::{Batch, Body};
 
 #[derive(Clone)]
 struct Hook {
@@ -110,7 +110,7 @@ async fn receive(State(hook): State<Hook>, body: Bytes) -> (StatusCode, String) 
     }
     let (durable_tx, durable_rx) = oneshot::channel();
     let batch = Batch {
-        ndjson: writer.take(),
+        body: Body::Ndjson(writer.take()),
         records,
         positions: Vec::new(),
         durable: Some(durable_tx),

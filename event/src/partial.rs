@@ -99,6 +99,13 @@ impl PartialMerger {
         }
     }
 
+    /// Whether a line of `stream` is open (its next chunk joins it): when
+    /// not, a final chunk within the bound is a whole line by itself, and a
+    /// caller may take it as is without going through [`PartialMerger::push`].
+    pub fn is_open(&self, stream: Stream) -> bool {
+        self.pending[stream as usize].is_some()
+    }
+
     /// The offset of the oldest line still open: a reader that restarts
     /// must resume there, not after the chunks it already consumed.
     pub fn oldest_open_offset(&self) -> Option<u64> {

@@ -92,6 +92,26 @@ impl BatchWriter {
         self.records == 0
     }
 
+    /// The NDJSON text written so far.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Forgets what was written, keeping the buffer's memory for reuse.
+    pub fn clear(&mut self) {
+        self.records = 0;
+        self.buf.clear();
+    }
+
+    /// Appends one record that the caller encodes itself with `encode`
+    /// (which must write one JSON object with no newline in it); the
+    /// newline is added here.
+    pub fn push_encoded(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        encode(&mut self.buf);
+        self.buf.push(b'\n');
+        self.records += 1;
+    }
+
     /// The NDJSON text, leaving the writer empty for the next batch.
     pub fn take(&mut self) -> Vec<u8> {
         self.records = 0;
@@ -210,6 +230,19 @@ mod tests {
         assert_eq!(decoded[2].event["message"], "hi");
         assert_eq!(decoded[0].flags, vec![Flag::TimeInferred]);
         assert_eq!(decoded[0].timestamp.timestamp_subsec_nanos(), 5);
+    }
+
+    #[test]
+    fn a_batch_may_be_several_frames() {
+        // The collector compresses a batch a frame at a time.
+        let mut body = compress(b"{\"a\":1}\n", 3);
+        body.extend_from_slice(&compress(b"{\"b\":2}\n", 3));
+        assert_eq!(
+            decompress(&body, 1 << 20).unwrap(),
+            b"{\"a\":1}\n{\"b\":2}\n"
+        );
+        // The limit holds over all frames together.
+        assert_eq!(decompress(&body, 10), Err(Error::TooLarge { limit: 10 }));
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub mod query;
 pub mod schema;
 pub mod store;
 
-pub use error::Error;
 pub use document::ParsedRecord;
-pub use store::{IngestReceipt, IngestTap, SearchHit, SearchRequest, SearchResponse, Store, StoreConfig};
+pub use error::Error;
+pub use store::{
+    IngestReceipt, IngestTap, SearchHit, SearchRequest, SearchResponse, Store, StoreConfig,
+};

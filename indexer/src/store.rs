@@ -238,10 +238,8 @@ impl Store {
 
     fn enqueue(&self, records: Vec<DecodedRecord>, ack: Ack) -> Result<(), Error> {
         let schema = &self.inner.schema;
-        let parsed: Vec<ParsedRecord> = records
-            .into_iter()
-            .map(ParsedRecord::from_record)
-            .collect();
+        let parsed: Vec<ParsedRecord> =
+            records.into_iter().map(ParsedRecord::from_record).collect();
         if let Some(tap) = &self.inner.tap {
             tap.observe(&parsed);
         }
