@@ -16,6 +16,11 @@ use crate::Error;
 use crate::error::io;
 
 const FILE_NAME: &str = "checkpoints.json";
+/// Checkpoints of files no longer tailed are forgotten after this long
+/// without moving (long after any restart could need them). A compressed
+/// rotated file last written within this long and unknown to the
+/// checkpoints therefore cannot have been delivered (see `tail`).
+pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(6 * 3600);
 
 /// Where to resume reading one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

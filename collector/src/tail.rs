@@ -18,6 +18,25 @@
 //! (`ward_collector_bytes_abandoned_total`), so that a stuck pipeline cannot
 //! hold deleted files open for ever.
 //!
+//! Compressed rotated files. Kubelet gzips older rotated files, and the API
+//! server may compress its rotated audit logs. A file the collector was
+//! tailing when it went down may be rotated and compressed before it is
+//! back, with lines still unacknowledged. At start, `*.gz` siblings of the
+//! tailed files are decompressed: one whose first line has the hash of a
+//! checkpointed file, and whose content before the checkpoint's offset ends
+//! with the checkpointed bytes, is read from that offset on, under that
+//! file's identity (so lines sent before and again have the same ids). A
+//! compressed file that matches no checkpoint is read from its start if it
+//! was last written within `checkpoint::FORGET_AFTER` (checkpoints are kept
+//! that long, so it was never delivered), and left alone otherwise (read
+//! and forgotten long ago, or older than the collector). A `.gz` whose
+//! uncompressed original is still there is being written by gzip and skipped.
+//! The one gap: a file compressed before any checkpoint of it was saved
+//! (within about a second of its first lines being read) cannot be matched,
+//! since its identity included the inode that gzip replaced; it is read
+//! from its start under a new identity, so lines already delivered from it
+//! are indexed twice (never lost).
+//!
 //! Truncation and rewrites. The checkpoint keeps a hash of the bytes just
 //! before the saved offset; on resume a file whose bytes there differ (or
 //! that is now shorter) is read again from the start. While a file is open,
@@ -45,7 +64,7 @@ use ward_event::path::{PodRef, pod_ref};
 use ward_event::wire::{BatchWriter, RawRecord};
 use ward_event::{Flag, Record, SourceKind, cri, docker};
 
-use crate::checkpoint::{Checkpoints, FilePosition};
+use crate::checkpoint::{Checkpoints, FORGET_AFTER, FilePosition};
 use crate::encode;
 use crate::kube::{PodMeta, SharedPods};
 use crate::metrics::Metrics;
@@ -150,6 +169,48 @@ struct TailedFile {
     /// API metadata they were encoded with.
     parts: Option<encode::FileParts>,
     parts_meta: Option<Arc<PodMeta>>,
+    /// A compressed rotated file: read through this decoder, front to end.
+    gz: Option<GzReader>,
+}
+
+type GzReader = flate2::read::MultiGzDecoder<std::io::BufReader<File>>;
+
+impl TailedFile {
+    fn new(
+        path: PathBuf,
+        kind: Kind,
+        file: File,
+        dev_ino: (u64, u64),
+        max_line_bytes: usize,
+        rotated_candidate: bool,
+    ) -> TailedFile {
+        let pod = (kind == Kind::Container).then(|| pod_ref(&path)).flatten();
+        TailedFile {
+            path,
+            kind,
+            file,
+            dev_ino,
+            fingerprint: None,
+            head_hash: None,
+            epoch: 0,
+            previous: None,
+            tail: Vec::new(),
+            buf: Vec::new(),
+            buf_offset: 0,
+            read_offset: 0,
+            oversized_pieces: 0,
+            merger: PartialMerger::new(max_line_bytes),
+            format: None,
+            pod,
+            last_data: Instant::now(),
+            orphaned: rotated_candidate,
+            orphaned_since: rotated_candidate.then(Instant::now),
+            rotated_candidate,
+            parts: None,
+            parts_meta: None,
+            gz: None,
+        }
+    }
 }
 
 pub struct Tailer {
@@ -388,34 +449,22 @@ impl Tailer {
                 }
                 continue;
             }
+            let compressed = rotated_candidate && path.extension().is_some_and(|e| e == "gz");
             match File::open(&path) {
                 Ok(file) => {
                     tracing::debug!(path = %path.display(), rotated_candidate, "tailing file");
-                    let pod = (kind == Kind::Container).then(|| pod_ref(&path)).flatten();
-                    self.files.push(TailedFile {
+                    let mut tailed = TailedFile::new(
                         path,
                         kind,
                         file,
                         dev_ino,
-                        fingerprint: None,
-                        head_hash: None,
-                        epoch: 0,
-                        previous: None,
-                        tail: Vec::new(),
-                        buf: Vec::new(),
-                        buf_offset: 0,
-                        read_offset: 0,
-                        oversized_pieces: 0,
-                        merger: PartialMerger::new(self.config.max_line_bytes),
-                        format: None,
-                        pod,
-                        last_data: Instant::now(),
-                        orphaned: rotated_candidate,
-                        orphaned_since: rotated_candidate.then(Instant::now),
+                        self.config.max_line_bytes,
                         rotated_candidate,
-                        parts: None,
-                        parts_meta: None,
-                    });
+                    );
+                    if compressed && !open_gz(&mut tailed, &meta, &self.config.node, &self.resume) {
+                        continue;
+                    }
+                    self.files.push(tailed);
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot open log file")
@@ -441,6 +490,10 @@ impl Tailer {
             .iter()
             .filter_map(|f| {
                 let fp = f.fingerprint.as_ref()?;
+                if f.gz.is_some() {
+                    // Its uncompressed size is not known before its end.
+                    return Some((fp.clone(), f.read_offset));
+                }
                 let len = f.file.metadata().ok()?.len();
                 Some((fp.clone(), len))
             })
@@ -499,6 +552,9 @@ impl Tailer {
     fn read_file(&mut self, index: usize) -> (bool, bool) {
         let file = &mut self.files[index];
         if file.fingerprint.is_none() {
+            // A newly identified file counts in the lag gauge before any
+            // batch with its lines is sealed (see `seal`).
+            self.sizes_sampled = None;
             match identify(file, &self.config.node, &self.resume) {
                 Identified::Yes => {}
                 Identified::Reset => {
@@ -509,10 +565,11 @@ impl Tailer {
             }
         }
         // Shorter than what was read: truncated (copytruncate) or replaced in place.
-        if file
-            .file
-            .metadata()
-            .is_ok_and(|m| m.len() < file.read_offset)
+        if file.gz.is_none()
+            && file
+                .file
+                .metadata()
+                .is_ok_and(|m| m.len() < file.read_offset)
         {
             tracing::info!(path = %file.path.display(), offset = file.read_offset, "file truncated; reading it again from the start");
             self.out.start_over(file);
@@ -524,11 +581,15 @@ impl Tailer {
             self.read_buf.resize(chunk_len, 0);
         }
         let chunk = &mut self.read_buf[..chunk_len];
-        let n = match file
-            .file
-            .seek(SeekFrom::Start(file.read_offset))
-            .and_then(|_| file.file.read(chunk))
-        {
+        let read = match &mut file.gz {
+            // Sequential: the decoder is always at `read_offset`.
+            Some(gz) => gz.read(chunk),
+            None => file
+                .file
+                .seek(SeekFrom::Start(file.read_offset))
+                .and_then(|_| file.file.read(chunk)),
+        };
+        let n = match read {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(path = %file.path.display(), error = %e, "read failed");
@@ -559,8 +620,16 @@ impl Tailer {
     /// bytes left unread.
     fn abandon(&mut self, index: usize) {
         let mut done = self.files.swap_remove(index);
-        let len = done.file.metadata().map(|m| m.len()).unwrap_or(0);
-        let left = len.saturating_sub(done.buf_offset);
+        let left = match &mut done.gz {
+            Some(gz) => {
+                let rest = std::io::copy(gz, &mut std::io::sink()).unwrap_or(0);
+                rest + (done.read_offset - done.buf_offset)
+            }
+            None => {
+                let len = done.file.metadata().map(|m| m.len()).unwrap_or(0);
+                len.saturating_sub(done.buf_offset)
+            }
+        };
         self.metrics
             .bytes_abandoned
             .fetch_add(left, Ordering::Relaxed);
@@ -618,6 +687,10 @@ impl Tailer {
     /// where reading pauses when the indexer and the spool cannot keep up).
     /// Returns false when the shipper is gone.
     fn seal(&mut self, tx: &mpsc::Sender<Batch>) -> bool {
+        // The lag gauge must know every file whose lines the batch holds
+        // before their acknowledgements can come back: otherwise it reads 0
+        // while files are still being read.
+        self.sample_sizes();
         let out = &mut self.out;
         out.compress_staged(true);
         if out.failed.is_some() {
@@ -822,7 +895,11 @@ impl Output {
                 path: file.path.display().to_string(),
                 offset: safe,
                 epoch: file.epoch,
-                tail_hash: tail_hash(&file.file, safe),
+                tail_hash: match &file.gz {
+                    // What was read last is at hand; anything before it is not.
+                    Some(_) => (safe > 0 && safe == file.read_offset).then(|| hash_hex(&file.tail)),
+                    None => tail_hash(&file.file, safe),
+                },
                 head_hash: file.head_hash.clone(),
             },
         );
@@ -1245,13 +1322,114 @@ fn tail_hash(file: &File, offset: u64) -> Option<String> {
     let start = offset.saturating_sub(TAIL_BYTES as u64);
     let mut bytes = vec![0u8; (offset - start) as usize];
     file.read_exact_at(&mut bytes, start).ok()?;
-    let mut h = Fnv64::new();
-    h.write(&bytes);
-    Some(format!("{:016x}", h.0))
+    Some(hash_hex(&bytes))
 }
 
-/// Rotated siblings of a tailed file, uncompressed: kubelet's
-/// `<n>.log.<timestamp>` and the API server's `audit-<timestamp>.log`.
+fn hash_hex(bytes: &[u8]) -> String {
+    let mut h = Fnv64::new();
+    h.write(bytes);
+    format!("{:016x}", h.0)
+}
+
+/// A decoder of the gzip file at `path`, moved to `offset` of its content,
+/// and the up to [`TAIL_BYTES`] bytes before that offset; None when the
+/// content is shorter than `offset`.
+fn gz_at(path: &Path, offset: u64) -> std::io::Result<Option<(GzReader, Vec<u8>)>> {
+    let file = File::open(path)?;
+    let mut gz = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file));
+    let skip = offset.saturating_sub(TAIL_BYTES as u64);
+    let skipped = std::io::copy(&mut (&mut gz).take(skip), &mut std::io::sink())?;
+    if skipped < skip {
+        return Ok(None);
+    }
+    let mut tail = Vec::with_capacity(TAIL_BYTES);
+    (&mut gz).take(offset - skip).read_to_end(&mut tail)?;
+    if (tail.len() as u64) < offset - skip {
+        return Ok(None);
+    }
+    Ok(Some((gz, tail)))
+}
+
+/// Identifies a compressed rotated file and finds where to read it from
+/// (see the module docs). Returns false when it is not to be read.
+fn open_gz(
+    file: &mut TailedFile,
+    meta: &std::fs::Metadata,
+    node: &str,
+    resume: &HashMap<String, FilePosition>,
+) -> bool {
+    let path = file.path.clone();
+    let warn = |e: std::io::Error| {
+        tracing::warn!(path = %path.display(), error = %e, "cannot read compressed rotated file");
+        false
+    };
+    let mut head = Vec::with_capacity(HEAD_BYTES);
+    let read = File::open(&path).and_then(|f| {
+        flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f))
+            .take(HEAD_BYTES as u64)
+            .read_to_end(&mut head)
+    });
+    if let Err(e) = read {
+        return warn(e);
+    }
+    let head = match memchr::memchr(b'\n', &head) {
+        Some(end) => &head[..=end],
+        None if head.len() == HEAD_BYTES => &head[..],
+        // No complete first line: nothing that was ever tailed.
+        None => return false,
+    };
+    let own = fingerprint(node, file.dev_ino, head);
+    let head_hash = hash_hex(head);
+    // Read before under its own name (a restart while reading it), or the
+    // file it was compressed from, if the content at its checkpoint agrees.
+    let saved = resume.get(&own).or_else(|| {
+        resume
+            .values()
+            .filter(|p| p.head_hash.as_deref() == Some(head_hash.as_str()))
+            .filter(|p| match gz_at(&path, p.offset) {
+                Ok(Some((_, tail))) => {
+                    p.tail_hash.is_none() || p.tail_hash == Some(hash_hex(&tail))
+                }
+                _ => false,
+            })
+            .max_by_key(|p| (p.epoch, p.offset))
+    });
+    let (fp, epoch, offset) = match saved {
+        Some(p) => (p.fingerprint.clone(), p.epoch, p.offset),
+        None => {
+            let recent = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age < FORGET_AFTER);
+            if !recent {
+                tracing::debug!(path = %path.display(), "compressed rotated file unknown to the checkpoints and old: read before, not again");
+                return false;
+            }
+            (own, 0, 0)
+        }
+    };
+    let (gz, tail) = match gz_at(&path, offset) {
+        Ok(Some(at)) => at,
+        Ok(None) => {
+            tracing::warn!(path = %path.display(), offset, "compressed rotated file shorter than its checkpoint; not read");
+            return false;
+        }
+        Err(e) => return warn(e),
+    };
+    tracing::info!(path = %path.display(), fingerprint = %fp, offset, "reading compressed rotated file");
+    file.fingerprint = Some(fp);
+    file.head_hash = Some(head_hash);
+    file.epoch = epoch;
+    file.read_offset = offset;
+    file.buf_offset = offset;
+    file.tail = tail;
+    file.gz = Some(gz);
+    true
+}
+
+/// Rotated siblings of a tailed file: kubelet's `<n>.log.<timestamp>` and
+/// the API server's `audit-<timestamp>.log`, and both gzipped (`.gz`).
 /// Symlinks (`/var/log/containers`) are followed to where kubelet rotates.
 fn rotated_siblings(path: &Path) -> Vec<PathBuf> {
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
@@ -1267,9 +1445,13 @@ fn rotated_siblings(path: &Path) -> Vec<PathBuf> {
         .filter_map(|e| {
             let n = e.file_name().into_string().ok()?;
             let rest = n.strip_prefix(stem)?;
+            // `x.gz` beside `x` is gzip still at work: `x` is read instead.
+            let gzip_at_work = n
+                .strip_suffix(".gz")
+                .is_some_and(|original| dir.join(original).exists());
             let rotated = (rest.starts_with('.') || rest.starts_with('-'))
                 && n != name
-                && !n.ends_with(".gz")
+                && !gzip_at_work
                 && !n.ends_with(".tmp");
             rotated.then(|| e.path())
         })
