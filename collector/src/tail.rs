@@ -31,11 +31,12 @@
 //! that long, so it was never delivered), and left alone otherwise (read
 //! and forgotten long ago, or older than the collector). A `.gz` whose
 //! uncompressed original is still there is being written by gzip and skipped.
-//! The one gap: a file compressed before any checkpoint of it was saved
-//! (within about a second of its first lines being read) cannot be matched,
-//! since its identity included the inode that gzip replaced; it is read
-//! from its start under a new identity, so lines already delivered from it
-//! are indexed twice (never lost).
+//! The checkpoints learn a file only once a batch of it was acknowledged,
+//! so a file's identity (fingerprint, first-line hash, epoch, offset 0) is
+//! also saved, in `identities.json`, before the first batch with its lines
+//! is sent: a file gzipped before its first checkpoint is matched to that
+//! identity and read from its start under it, and the indexer recognises
+//! what was already delivered.
 //!
 //! Truncation and rewrites. The checkpoint keeps a hash of the bytes just
 //! before the saved offset; on resume a file whose bytes there differ (or
@@ -223,6 +224,12 @@ pub struct Tailer {
     sizes_sampled: Option<Instant>,
     /// Every file is read into this one buffer.
     read_buf: Vec<u8>,
+    /// Identities of files read in this run (offset 0), saved before a
+    /// batch with their lines is sent; see `checkpoint::load_identities`.
+    identities: HashMap<String, FilePosition>,
+    identities_unsaved: bool,
+    /// The identities saved by the previous run.
+    identities_at_start: Vec<FilePosition>,
 }
 
 /// The batch being built, and the positions it completes.
@@ -242,9 +249,10 @@ struct Output {
     batch_records: usize,
     /// `,"cluster":…,"node":…` of every record.
     cluster_node: Vec<u8>,
-    /// zstd failed (it cannot, short of memory): the tailer stops with
-    /// this error, and what was not acknowledged is read again at start.
-    failed: Option<String>,
+    /// zstd failed (it cannot, short of memory), or the identities could
+    /// not be saved: the tailer stops with this error, and what was not
+    /// acknowledged is read again at start.
+    failed: Option<Error>,
     batch_started: Option<Instant>,
     positions: HashMap<String, FilePosition>,
     merged: Vec<LogLine>,
@@ -292,11 +300,23 @@ impl Tailer {
             glob::Pattern::new(pattern)
                 .map_err(|e| Error::Config(format!("bad glob {pattern:?}: {e}")))?;
         }
+        let identities: HashMap<String, FilePosition> =
+            crate::checkpoint::load_identities(&config.state_dir)?
+                .into_iter()
+                .map(|p| (p.fingerprint.clone(), p))
+                .collect();
+        // Identities matter only for gzipped files (see `open_gz`): a file
+        // that kept its inode is recognised by its fingerprint, and a
+        // copy (copytruncate's) by the checkpoint of what it was copied from.
+        let identities_at_start = identities.values().cloned().collect();
         Ok(Tailer {
             resume: checkpoints
                 .all()
                 .map(|p| (p.fingerprint.clone(), p.clone()))
                 .collect(),
+            identities_at_start,
+            identities,
+            identities_unsaved: false,
             out: Output {
                 node: config.node.clone(),
                 cluster: config.cluster.clone(),
@@ -461,8 +481,12 @@ impl Tailer {
                         self.config.max_line_bytes,
                         rotated_candidate,
                     );
-                    if compressed && !open_gz(&mut tailed, &meta, &self.config.node, &self.resume) {
-                        continue;
+                    if compressed {
+                        let known = (&self.resume, &self.identities_at_start[..]);
+                        if !open_gz(&mut tailed, &meta, &self.config.node, known) {
+                            continue;
+                        }
+                        note_identity(&mut self.identities, &mut self.identities_unsaved, &tailed);
                     }
                     self.files.push(tailed);
                 }
@@ -563,6 +587,7 @@ impl Tailer {
                 Identified::NotYet => return (false, true),
                 Identified::Unknown => return (false, true),
             }
+            note_identity(&mut self.identities, &mut self.identities_unsaved, file);
         }
         // Shorter than what was read: truncated (copytruncate) or replaced in place.
         if file.gz.is_none()
@@ -683,6 +708,36 @@ impl Tailer {
                 .is_some_and(|t| t.elapsed() >= self.config.batch_max_age)
     }
 
+    /// Saves the identities of files first read since the last save, before
+    /// a batch with their lines goes out. Identities of files no longer
+    /// tailed whose lines were acknowledged (so the checkpoints know them)
+    /// are dropped. Returns false, with the error kept, when they cannot be
+    /// saved.
+    fn save_identities(&mut self) -> bool {
+        if !self.identities_unsaved {
+            return true;
+        }
+        let files = &self.files;
+        let metrics = &self.metrics;
+        self.identities.retain(|fp, _| {
+            files
+                .iter()
+                .any(|f| f.fingerprint.as_deref() == Some(fp.as_str()))
+                || !metrics.is_acked(fp)
+        });
+        let all = self.identities.values().cloned().collect();
+        match crate::checkpoint::save_identities(&self.config.state_dir, all) {
+            Ok(()) => {
+                self.identities_unsaved = false;
+                true
+            }
+            Err(e) => {
+                self.out.failed = Some(e);
+                false
+            }
+        }
+    }
+
     /// Sends the current batch, waiting while the shipper is busy (this is
     /// where reading pauses when the indexer and the spool cannot keep up).
     /// Returns false when the shipper is gone.
@@ -691,6 +746,9 @@ impl Tailer {
         // before their acknowledgements can come back: otherwise it reads 0
         // while files are still being read.
         self.sample_sizes();
+        if !self.save_identities() {
+            return false;
+        }
         let out = &mut self.out;
         out.compress_staged(true);
         if out.failed.is_some() {
@@ -820,7 +878,7 @@ impl Output {
             match zstd::bulk::Compressor::new(self.zstd_level) {
                 Ok(c) => self.compressor = Some(c),
                 Err(e) => {
-                    self.failed = Some(e.to_string());
+                    self.failed = Some(Error::Compress(e.to_string()));
                     return;
                 }
             }
@@ -832,7 +890,7 @@ impl Output {
             Ok(frame) if self.body.is_empty() => self.body = frame,
             Ok(frame) => self.body.extend_from_slice(&frame),
             Err(e) => {
-                self.failed = Some(e.to_string());
+                self.failed = Some(Error::Compress(e.to_string()));
                 return;
             }
         }
@@ -843,7 +901,7 @@ impl Output {
 
     fn failure(&mut self) -> Result<(), Error> {
         match self.failed.take() {
-            Some(e) => Err(Error::Compress(e)),
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
@@ -1283,6 +1341,30 @@ fn identify(
     outcome
 }
 
+/// Remembers a newly identified file's identity (see `Tailer::identities`).
+fn note_identity(
+    identities: &mut HashMap<String, FilePosition>,
+    unsaved: &mut bool,
+    file: &TailedFile,
+) {
+    let Some(fp) = &file.fingerprint else { return };
+    if identities.get(fp).is_some_and(|p| p.epoch == file.epoch) {
+        return;
+    }
+    identities.insert(
+        fp.clone(),
+        FilePosition {
+            fingerprint: fp.clone(),
+            path: file.path.display().to_string(),
+            offset: 0,
+            epoch: file.epoch,
+            tail_hash: None,
+            head_hash: file.head_hash.clone(),
+        },
+    );
+    *unsaved = true;
+}
+
 /// Whether the bytes before the read position are still those that were
 /// read; if not (copytruncate followed by quick writes, or an in-place
 /// rewrite), the file is read again from its start.
@@ -1352,11 +1434,13 @@ fn gz_at(path: &Path, offset: u64) -> std::io::Result<Option<(GzReader, Vec<u8>)
 
 /// Identifies a compressed rotated file and finds where to read it from
 /// (see the module docs). Returns false when it is not to be read.
+/// `known`: the checkpoints, and the identities of files the previous run
+/// read (offset 0), which are used only when no checkpoint matches.
 fn open_gz(
     file: &mut TailedFile,
     meta: &std::fs::Metadata,
     node: &str,
-    resume: &HashMap<String, FilePosition>,
+    (resume, identities): (&HashMap<String, FilePosition>, &[FilePosition]),
 ) -> bool {
     let path = file.path.clone();
     let warn = |e: std::io::Error| {
@@ -1383,8 +1467,12 @@ fn open_gz(
     // Read before under its own name (a restart while reading it), or the
     // file it was compressed from, if the content at its checkpoint agrees.
     let saved = resume.get(&own).or_else(|| {
+        let unknown_identities = identities
+            .iter()
+            .filter(|p| !resume.contains_key(&p.fingerprint));
         resume
             .values()
+            .chain(unknown_identities)
             .filter(|p| p.head_hash.as_deref() == Some(head_hash.as_str()))
             .filter(|p| match gz_at(&path, p.offset) {
                 Ok(Some((_, tail))) => {
