@@ -22,7 +22,9 @@
 //! server may compress its rotated audit logs. A file the collector was
 //! tailing when it went down may be rotated and compressed before it is
 //! back, with lines still unacknowledged. At start, `*.gz` siblings of the
-//! tailed files are decompressed: one whose first line has the hash of a
+//! tailed files are decompressed (and siblings of the paths the
+//! checkpoints know: after a rotation nothing may be at the path until the
+//! next write creates a new file): one whose first line has the hash of a
 //! checkpointed file, and whose content before the checkpoint's offset ends
 //! with the checkpointed bytes, is read from that offset on, under that
 //! file's identity (so lines sent before and again have the same ids). A
@@ -436,15 +438,18 @@ impl Tailer {
             }
         }
         // Once, at startup: files rotated while the collector was down may
-        // still hold unacknowledged lines; later rotations keep the open
-        // descriptor, so the live path needs no sibling scan.
-        let mut candidates = Vec::new();
+        // still hold unacknowledged lines, also where nothing is at the
+        // live path yet; later rotations keep the open descriptor, so the
+        // live path needs no sibling scan.
+        let mut candidates: Vec<(PathBuf, Kind, bool)> = Vec::new();
         if !self.scanned_siblings {
             self.scanned_siblings = true;
-            for (path, kind) in &seen {
-                for sibling in rotated_siblings(path) {
-                    if !seen.iter().any(|(p, _)| *p == sibling) {
-                        candidates.push((sibling, *kind, true));
+            for (path, kind) in seen.iter().cloned().chain(self.known_live_paths(&seen)) {
+                for sibling in rotated_siblings(&path) {
+                    if !seen.iter().any(|(p, _)| *p == sibling)
+                        && !candidates.iter().any(|(p, _, _)| *p == sibling)
+                    {
+                        candidates.push((sibling, kind, true));
                     }
                 }
             }
@@ -498,6 +503,43 @@ impl Tailer {
         self.metrics
             .files_tracked
             .store(self.files.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Paths the previous run read files at (from the checkpoints and the
+    /// saved identities) that match a configured pattern but were not
+    /// found by it now: a file rotated while the collector was down leaves
+    /// nothing at its path until the next write creates a new one, and its
+    /// rotated (maybe gzipped) self, with lines not yet acknowledged, must
+    /// still be found by the sibling scan at start.
+    fn known_live_paths(&self, seen: &[(PathBuf, Kind)]) -> Vec<(PathBuf, Kind)> {
+        let options = glob::MatchOptions {
+            require_literal_separator: true,
+            ..glob::MatchOptions::new()
+        };
+        let patterns: Vec<(glob::Pattern, Kind)> = self
+            .config
+            .container_globs
+            .iter()
+            .map(|p| (p, Kind::Container))
+            .chain(self.config.audit_logs.iter().map(|p| (p, Kind::Audit)))
+            .filter_map(|(p, kind)| Some((glob::Pattern::new(p).ok()?, kind)))
+            .collect();
+        let mut done: std::collections::HashSet<&Path> =
+            seen.iter().map(|(p, _)| p.as_path()).collect();
+        let mut known: Vec<(PathBuf, Kind)> = Vec::new();
+        for position in self.resume.values().chain(&self.identities_at_start) {
+            let path = Path::new(&position.path);
+            if !done.insert(path) {
+                continue;
+            }
+            if let Some((_, kind)) = patterns
+                .iter()
+                .find(|(pattern, _)| pattern.matches_path_with(path, options))
+            {
+                known.push((path.to_path_buf(), *kind));
+            }
+        }
+        known
     }
 
     /// Samples the size of every tracked file for the checkpoint-lag gauge.
@@ -1520,7 +1562,10 @@ fn open_gz(
 /// the API server's `audit-<timestamp>.log`, and both gzipped (`.gz`).
 /// Symlinks (`/var/log/containers`) are followed to where kubelet rotates.
 fn rotated_siblings(path: &Path) -> Vec<PathBuf> {
-    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    // A symlink whose file was just rotated away dangles: follow it by hand.
+    let real = std::fs::canonicalize(path)
+        .or_else(|_| std::fs::read_link(path).map(|to| path.parent().unwrap_or(path).join(to)))
+        .unwrap_or_else(|_| path.to_path_buf());
     let (Some(dir), Some(name)) = (real.parent(), real.file_name().and_then(|n| n.to_str())) else {
         return Vec::new();
     };
