@@ -16,6 +16,11 @@ use crate::Error;
 use crate::error::io;
 
 const FILE_NAME: &str = "checkpoints.json";
+/// Checkpoints of files no longer tailed are forgotten after this long
+/// without moving (long after any restart could need them). A compressed
+/// rotated file last written within this long and unknown to the
+/// checkpoints therefore cannot have been delivered (see `tail`).
+pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(6 * 3600);
 
 /// Where to resume reading one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +55,50 @@ fn is_zero(n: &u32) -> bool {
 #[serde(deny_unknown_fields)]
 struct OnDisk {
     files: Vec<FilePosition>,
+}
+
+const IDENTITIES: &str = "identities.json";
+
+/// Identities of files read in this run, saved before any of their lines
+/// is sent (see `tail`): the checkpoints only learn a file once a batch of
+/// it was acknowledged, and a file that is gzipped before that (which
+/// changes its inode) could not be matched to what was sent of it.
+pub(crate) fn load_identities(state_dir: &Path) -> Result<Vec<FilePosition>, Error> {
+    let path = state_dir.join(IDENTITIES);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<OnDisk>(&bytes)
+            .map(|d| d.files)
+            .map_err(|e| Error::Checkpoint {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+pub(crate) fn save_identities(state_dir: &Path, files: Vec<FilePosition>) -> Result<(), Error> {
+    let path = state_dir.join(IDENTITIES);
+    let bytes = serde_json::to_vec(&OnDisk { files }).map_err(|e| Error::Checkpoint {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    write_atomically(&path, &bytes)
+}
+
+/// Temporary file, fsync, rename, fsync of the directory.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -154,16 +203,7 @@ impl Checkpoints {
                 path: self.path.display().to_string(),
                 reason: e.to_string(),
             })?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(dir))?;
-        }
+        write_atomically(&self.path, &bytes)?;
         self.dirty = false;
         Ok(())
     }

@@ -49,6 +49,14 @@ impl Metrics {
         }
     }
 
+    /// Whether a batch with lines of this file was acknowledged.
+    pub fn is_acked(&self, fingerprint: &str) -> bool {
+        self.acked
+            .lock()
+            .map(|a| a.contains_key(fingerprint))
+            .unwrap_or(false)
+    }
+
     pub fn set_acked(&self, fingerprint: &str, offset: u64) {
         if let Ok(mut a) = self.acked.lock() {
             a.insert(fingerprint.to_owned(), offset);

@@ -26,7 +26,7 @@ use reqwest::StatusCode;
 use tokio::sync::{mpsc, watch};
 use ward_event::wire;
 
-use crate::checkpoint::{Checkpoints, FilePosition};
+use crate::checkpoint::{Checkpoints, FORGET_AFTER, FilePosition};
 use crate::config::SpoolFull;
 use crate::metrics::Metrics;
 use crate::spool::{Pushed, Spool};
@@ -36,9 +36,6 @@ use crate::{CollectorConfig, Error};
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-/// Checkpoints of files no longer tailed are forgotten after this long
-/// without moving (long after any restart could need them).
-const FORGET_AFTER: Duration = Duration::from_secs(6 * 3600);
 /// After shutdown is asked for, a batch that still cannot be delivered or
 /// spooled is given up on (its lines stay unacknowledged and are read again
 /// at start).

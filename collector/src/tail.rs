@@ -18,6 +18,28 @@
 //! (`ward_collector_bytes_abandoned_total`), so that a stuck pipeline cannot
 //! hold deleted files open for ever.
 //!
+//! Compressed rotated files. Kubelet gzips older rotated files, and the API
+//! server may compress its rotated audit logs. A file the collector was
+//! tailing when it went down may be rotated and compressed before it is
+//! back, with lines still unacknowledged. At start, `*.gz` siblings of the
+//! tailed files are decompressed (and siblings of the paths the
+//! checkpoints know: after a rotation nothing may be at the path until the
+//! next write creates a new file): one whose first line has the hash of a
+//! checkpointed file, and whose content before the checkpoint's offset ends
+//! with the checkpointed bytes, is read from that offset on, under that
+//! file's identity (so lines sent before and again have the same ids). A
+//! compressed file that matches no checkpoint is read from its start if it
+//! was last written within `checkpoint::FORGET_AFTER` (checkpoints are kept
+//! that long, so it was never delivered), and left alone otherwise (read
+//! and forgotten long ago, or older than the collector). A `.gz` whose
+//! uncompressed original is still there is being written by gzip and skipped.
+//! The checkpoints learn a file only once a batch of it was acknowledged,
+//! so a file's identity (fingerprint, first-line hash, epoch, offset 0) is
+//! also saved, in `identities.json`, before the first batch with its lines
+//! is sent: a file gzipped before its first checkpoint is matched to that
+//! identity and read from its start under it, and the indexer recognises
+//! what was already delivered.
+//!
 //! Truncation and rewrites. The checkpoint keeps a hash of the bytes just
 //! before the saved offset; on resume a file whose bytes there differ (or
 //! that is now shorter) is read again from the start. While a file is open,
@@ -45,7 +67,7 @@ use ward_event::path::{PodRef, pod_ref};
 use ward_event::wire::{BatchWriter, RawRecord};
 use ward_event::{Flag, Record, SourceKind, cri, docker};
 
-use crate::checkpoint::{Checkpoints, FilePosition};
+use crate::checkpoint::{Checkpoints, FORGET_AFTER, FilePosition};
 use crate::encode;
 use crate::kube::{PodMeta, SharedPods};
 use crate::metrics::Metrics;
@@ -150,6 +172,48 @@ struct TailedFile {
     /// API metadata they were encoded with.
     parts: Option<encode::FileParts>,
     parts_meta: Option<Arc<PodMeta>>,
+    /// A compressed rotated file: read through this decoder, front to end.
+    gz: Option<GzReader>,
+}
+
+type GzReader = flate2::read::MultiGzDecoder<std::io::BufReader<File>>;
+
+impl TailedFile {
+    fn new(
+        path: PathBuf,
+        kind: Kind,
+        file: File,
+        dev_ino: (u64, u64),
+        max_line_bytes: usize,
+        rotated_candidate: bool,
+    ) -> TailedFile {
+        let pod = (kind == Kind::Container).then(|| pod_ref(&path)).flatten();
+        TailedFile {
+            path,
+            kind,
+            file,
+            dev_ino,
+            fingerprint: None,
+            head_hash: None,
+            epoch: 0,
+            previous: None,
+            tail: Vec::new(),
+            buf: Vec::new(),
+            buf_offset: 0,
+            read_offset: 0,
+            oversized_pieces: 0,
+            merger: PartialMerger::new(max_line_bytes),
+            format: None,
+            pod,
+            last_data: Instant::now(),
+            orphaned: rotated_candidate,
+            orphaned_since: rotated_candidate.then(Instant::now),
+            rotated_candidate,
+            parts: None,
+            parts_meta: None,
+            gz: None,
+        }
+    }
 }
 
 pub struct Tailer {
@@ -162,6 +226,12 @@ pub struct Tailer {
     sizes_sampled: Option<Instant>,
     /// Every file is read into this one buffer.
     read_buf: Vec<u8>,
+    /// Identities of files read in this run (offset 0), saved before a
+    /// batch with their lines is sent; see `checkpoint::load_identities`.
+    identities: HashMap<String, FilePosition>,
+    identities_unsaved: bool,
+    /// The identities saved by the previous run.
+    identities_at_start: Vec<FilePosition>,
 }
 
 /// The batch being built, and the positions it completes.
@@ -181,9 +251,10 @@ struct Output {
     batch_records: usize,
     /// `,"cluster":…,"node":…` of every record.
     cluster_node: Vec<u8>,
-    /// zstd failed (it cannot, short of memory): the tailer stops with
-    /// this error, and what was not acknowledged is read again at start.
-    failed: Option<String>,
+    /// zstd failed (it cannot, short of memory), or the identities could
+    /// not be saved: the tailer stops with this error, and what was not
+    /// acknowledged is read again at start.
+    failed: Option<Error>,
     batch_started: Option<Instant>,
     positions: HashMap<String, FilePosition>,
     merged: Vec<LogLine>,
@@ -231,11 +302,23 @@ impl Tailer {
             glob::Pattern::new(pattern)
                 .map_err(|e| Error::Config(format!("bad glob {pattern:?}: {e}")))?;
         }
+        let identities: HashMap<String, FilePosition> =
+            crate::checkpoint::load_identities(&config.state_dir)?
+                .into_iter()
+                .map(|p| (p.fingerprint.clone(), p))
+                .collect();
+        // Identities matter only for gzipped files (see `open_gz`): a file
+        // that kept its inode is recognised by its fingerprint, and a
+        // copy (copytruncate's) by the checkpoint of what it was copied from.
+        let identities_at_start = identities.values().cloned().collect();
         Ok(Tailer {
             resume: checkpoints
                 .all()
                 .map(|p| (p.fingerprint.clone(), p.clone()))
                 .collect(),
+            identities_at_start,
+            identities,
+            identities_unsaved: false,
             out: Output {
                 node: config.node.clone(),
                 cluster: config.cluster.clone(),
@@ -355,15 +438,18 @@ impl Tailer {
             }
         }
         // Once, at startup: files rotated while the collector was down may
-        // still hold unacknowledged lines; later rotations keep the open
-        // descriptor, so the live path needs no sibling scan.
-        let mut candidates = Vec::new();
+        // still hold unacknowledged lines, also where nothing is at the
+        // live path yet; later rotations keep the open descriptor, so the
+        // live path needs no sibling scan.
+        let mut candidates: Vec<(PathBuf, Kind, bool)> = Vec::new();
         if !self.scanned_siblings {
             self.scanned_siblings = true;
-            for (path, kind) in &seen {
-                for sibling in rotated_siblings(path) {
-                    if !seen.iter().any(|(p, _)| *p == sibling) {
-                        candidates.push((sibling, *kind, true));
+            for (path, kind) in seen.iter().cloned().chain(self.known_live_paths(&seen)) {
+                for sibling in rotated_siblings(&path) {
+                    if !seen.iter().any(|(p, _)| *p == sibling)
+                        && !candidates.iter().any(|(p, _, _)| *p == sibling)
+                    {
+                        candidates.push((sibling, kind, true));
                     }
                 }
             }
@@ -388,34 +474,26 @@ impl Tailer {
                 }
                 continue;
             }
+            let compressed = rotated_candidate && path.extension().is_some_and(|e| e == "gz");
             match File::open(&path) {
                 Ok(file) => {
                     tracing::debug!(path = %path.display(), rotated_candidate, "tailing file");
-                    let pod = (kind == Kind::Container).then(|| pod_ref(&path)).flatten();
-                    self.files.push(TailedFile {
+                    let mut tailed = TailedFile::new(
                         path,
                         kind,
                         file,
                         dev_ino,
-                        fingerprint: None,
-                        head_hash: None,
-                        epoch: 0,
-                        previous: None,
-                        tail: Vec::new(),
-                        buf: Vec::new(),
-                        buf_offset: 0,
-                        read_offset: 0,
-                        oversized_pieces: 0,
-                        merger: PartialMerger::new(self.config.max_line_bytes),
-                        format: None,
-                        pod,
-                        last_data: Instant::now(),
-                        orphaned: rotated_candidate,
-                        orphaned_since: rotated_candidate.then(Instant::now),
+                        self.config.max_line_bytes,
                         rotated_candidate,
-                        parts: None,
-                        parts_meta: None,
-                    });
+                    );
+                    if compressed {
+                        let known = (&self.resume, &self.identities_at_start[..]);
+                        if !open_gz(&mut tailed, &meta, &self.config.node, known) {
+                            continue;
+                        }
+                        note_identity(&mut self.identities, &mut self.identities_unsaved, &tailed);
+                    }
+                    self.files.push(tailed);
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot open log file")
@@ -425,6 +503,43 @@ impl Tailer {
         self.metrics
             .files_tracked
             .store(self.files.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Paths the previous run read files at (from the checkpoints and the
+    /// saved identities) that match a configured pattern but were not
+    /// found by it now: a file rotated while the collector was down leaves
+    /// nothing at its path until the next write creates a new one, and its
+    /// rotated (maybe gzipped) self, with lines not yet acknowledged, must
+    /// still be found by the sibling scan at start.
+    fn known_live_paths(&self, seen: &[(PathBuf, Kind)]) -> Vec<(PathBuf, Kind)> {
+        let options = glob::MatchOptions {
+            require_literal_separator: true,
+            ..glob::MatchOptions::new()
+        };
+        let patterns: Vec<(glob::Pattern, Kind)> = self
+            .config
+            .container_globs
+            .iter()
+            .map(|p| (p, Kind::Container))
+            .chain(self.config.audit_logs.iter().map(|p| (p, Kind::Audit)))
+            .filter_map(|(p, kind)| Some((glob::Pattern::new(p).ok()?, kind)))
+            .collect();
+        let mut done: std::collections::HashSet<&Path> =
+            seen.iter().map(|(p, _)| p.as_path()).collect();
+        let mut known: Vec<(PathBuf, Kind)> = Vec::new();
+        for position in self.resume.values().chain(&self.identities_at_start) {
+            let path = Path::new(&position.path);
+            if !done.insert(path) {
+                continue;
+            }
+            if let Some((_, kind)) = patterns
+                .iter()
+                .find(|(pattern, _)| pattern.matches_path_with(path, options))
+            {
+                known.push((path.to_path_buf(), *kind));
+            }
+        }
+        known
     }
 
     /// Samples the size of every tracked file for the checkpoint-lag gauge.
@@ -441,6 +556,10 @@ impl Tailer {
             .iter()
             .filter_map(|f| {
                 let fp = f.fingerprint.as_ref()?;
+                if f.gz.is_some() {
+                    // Its uncompressed size is not known before its end.
+                    return Some((fp.clone(), f.read_offset));
+                }
                 let len = f.file.metadata().ok()?.len();
                 Some((fp.clone(), len))
             })
@@ -499,6 +618,9 @@ impl Tailer {
     fn read_file(&mut self, index: usize) -> (bool, bool) {
         let file = &mut self.files[index];
         if file.fingerprint.is_none() {
+            // A newly identified file counts in the lag gauge before any
+            // batch with its lines is sealed (see `seal`).
+            self.sizes_sampled = None;
             match identify(file, &self.config.node, &self.resume) {
                 Identified::Yes => {}
                 Identified::Reset => {
@@ -507,12 +629,14 @@ impl Tailer {
                 Identified::NotYet => return (false, true),
                 Identified::Unknown => return (false, true),
             }
+            note_identity(&mut self.identities, &mut self.identities_unsaved, file);
         }
         // Shorter than what was read: truncated (copytruncate) or replaced in place.
-        if file
-            .file
-            .metadata()
-            .is_ok_and(|m| m.len() < file.read_offset)
+        if file.gz.is_none()
+            && file
+                .file
+                .metadata()
+                .is_ok_and(|m| m.len() < file.read_offset)
         {
             tracing::info!(path = %file.path.display(), offset = file.read_offset, "file truncated; reading it again from the start");
             self.out.start_over(file);
@@ -524,11 +648,15 @@ impl Tailer {
             self.read_buf.resize(chunk_len, 0);
         }
         let chunk = &mut self.read_buf[..chunk_len];
-        let n = match file
-            .file
-            .seek(SeekFrom::Start(file.read_offset))
-            .and_then(|_| file.file.read(chunk))
-        {
+        let read = match &mut file.gz {
+            // Sequential: the decoder is always at `read_offset`.
+            Some(gz) => gz.read(chunk),
+            None => file
+                .file
+                .seek(SeekFrom::Start(file.read_offset))
+                .and_then(|_| file.file.read(chunk)),
+        };
+        let n = match read {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(path = %file.path.display(), error = %e, "read failed");
@@ -559,8 +687,16 @@ impl Tailer {
     /// bytes left unread.
     fn abandon(&mut self, index: usize) {
         let mut done = self.files.swap_remove(index);
-        let len = done.file.metadata().map(|m| m.len()).unwrap_or(0);
-        let left = len.saturating_sub(done.buf_offset);
+        let left = match &mut done.gz {
+            Some(gz) => {
+                let rest = std::io::copy(gz, &mut std::io::sink()).unwrap_or(0);
+                rest + (done.read_offset - done.buf_offset)
+            }
+            None => {
+                let len = done.file.metadata().map(|m| m.len()).unwrap_or(0);
+                len.saturating_sub(done.buf_offset)
+            }
+        };
         self.metrics
             .bytes_abandoned
             .fetch_add(left, Ordering::Relaxed);
@@ -614,10 +750,47 @@ impl Tailer {
                 .is_some_and(|t| t.elapsed() >= self.config.batch_max_age)
     }
 
+    /// Saves the identities of files first read since the last save, before
+    /// a batch with their lines goes out. Identities of files no longer
+    /// tailed whose lines were acknowledged (so the checkpoints know them)
+    /// are dropped. Returns false, with the error kept, when they cannot be
+    /// saved.
+    fn save_identities(&mut self) -> bool {
+        if !self.identities_unsaved {
+            return true;
+        }
+        let files = &self.files;
+        let metrics = &self.metrics;
+        self.identities.retain(|fp, _| {
+            files
+                .iter()
+                .any(|f| f.fingerprint.as_deref() == Some(fp.as_str()))
+                || !metrics.is_acked(fp)
+        });
+        let all = self.identities.values().cloned().collect();
+        match crate::checkpoint::save_identities(&self.config.state_dir, all) {
+            Ok(()) => {
+                self.identities_unsaved = false;
+                true
+            }
+            Err(e) => {
+                self.out.failed = Some(e);
+                false
+            }
+        }
+    }
+
     /// Sends the current batch, waiting while the shipper is busy (this is
     /// where reading pauses when the indexer and the spool cannot keep up).
     /// Returns false when the shipper is gone.
     fn seal(&mut self, tx: &mpsc::Sender<Batch>) -> bool {
+        // The lag gauge must know every file whose lines the batch holds
+        // before their acknowledgements can come back: otherwise it reads 0
+        // while files are still being read.
+        self.sample_sizes();
+        if !self.save_identities() {
+            return false;
+        }
         let out = &mut self.out;
         out.compress_staged(true);
         if out.failed.is_some() {
@@ -747,7 +920,7 @@ impl Output {
             match zstd::bulk::Compressor::new(self.zstd_level) {
                 Ok(c) => self.compressor = Some(c),
                 Err(e) => {
-                    self.failed = Some(e.to_string());
+                    self.failed = Some(Error::Compress(e.to_string()));
                     return;
                 }
             }
@@ -759,7 +932,7 @@ impl Output {
             Ok(frame) if self.body.is_empty() => self.body = frame,
             Ok(frame) => self.body.extend_from_slice(&frame),
             Err(e) => {
-                self.failed = Some(e.to_string());
+                self.failed = Some(Error::Compress(e.to_string()));
                 return;
             }
         }
@@ -770,7 +943,7 @@ impl Output {
 
     fn failure(&mut self) -> Result<(), Error> {
         match self.failed.take() {
-            Some(e) => Err(Error::Compress(e)),
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
@@ -822,7 +995,11 @@ impl Output {
                 path: file.path.display().to_string(),
                 offset: safe,
                 epoch: file.epoch,
-                tail_hash: tail_hash(&file.file, safe),
+                tail_hash: match &file.gz {
+                    // What was read last is at hand; anything before it is not.
+                    Some(_) => (safe > 0 && safe == file.read_offset).then(|| hash_hex(&file.tail)),
+                    None => tail_hash(&file.file, safe),
+                },
                 head_hash: file.head_hash.clone(),
             },
         );
@@ -1206,6 +1383,30 @@ fn identify(
     outcome
 }
 
+/// Remembers a newly identified file's identity (see `Tailer::identities`).
+fn note_identity(
+    identities: &mut HashMap<String, FilePosition>,
+    unsaved: &mut bool,
+    file: &TailedFile,
+) {
+    let Some(fp) = &file.fingerprint else { return };
+    if identities.get(fp).is_some_and(|p| p.epoch == file.epoch) {
+        return;
+    }
+    identities.insert(
+        fp.clone(),
+        FilePosition {
+            fingerprint: fp.clone(),
+            path: file.path.display().to_string(),
+            offset: 0,
+            epoch: file.epoch,
+            tail_hash: None,
+            head_hash: file.head_hash.clone(),
+        },
+    );
+    *unsaved = true;
+}
+
 /// Whether the bytes before the read position are still those that were
 /// read; if not (copytruncate followed by quick writes, or an in-place
 /// rewrite), the file is read again from its start.
@@ -1245,16 +1446,126 @@ fn tail_hash(file: &File, offset: u64) -> Option<String> {
     let start = offset.saturating_sub(TAIL_BYTES as u64);
     let mut bytes = vec![0u8; (offset - start) as usize];
     file.read_exact_at(&mut bytes, start).ok()?;
-    let mut h = Fnv64::new();
-    h.write(&bytes);
-    Some(format!("{:016x}", h.0))
+    Some(hash_hex(&bytes))
 }
 
-/// Rotated siblings of a tailed file, uncompressed: kubelet's
-/// `<n>.log.<timestamp>` and the API server's `audit-<timestamp>.log`.
+fn hash_hex(bytes: &[u8]) -> String {
+    let mut h = Fnv64::new();
+    h.write(bytes);
+    format!("{:016x}", h.0)
+}
+
+/// A decoder of the gzip file at `path`, moved to `offset` of its content,
+/// and the up to [`TAIL_BYTES`] bytes before that offset; None when the
+/// content is shorter than `offset`.
+fn gz_at(path: &Path, offset: u64) -> std::io::Result<Option<(GzReader, Vec<u8>)>> {
+    let file = File::open(path)?;
+    let mut gz = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file));
+    let skip = offset.saturating_sub(TAIL_BYTES as u64);
+    let skipped = std::io::copy(&mut (&mut gz).take(skip), &mut std::io::sink())?;
+    if skipped < skip {
+        return Ok(None);
+    }
+    let mut tail = Vec::with_capacity(TAIL_BYTES);
+    (&mut gz).take(offset - skip).read_to_end(&mut tail)?;
+    if (tail.len() as u64) < offset - skip {
+        return Ok(None);
+    }
+    Ok(Some((gz, tail)))
+}
+
+/// Identifies a compressed rotated file and finds where to read it from
+/// (see the module docs). Returns false when it is not to be read.
+/// `known`: the checkpoints, and the identities of files the previous run
+/// read (offset 0), which are used only when no checkpoint matches.
+fn open_gz(
+    file: &mut TailedFile,
+    meta: &std::fs::Metadata,
+    node: &str,
+    (resume, identities): (&HashMap<String, FilePosition>, &[FilePosition]),
+) -> bool {
+    let path = file.path.clone();
+    let warn = |e: std::io::Error| {
+        tracing::warn!(path = %path.display(), error = %e, "cannot read compressed rotated file");
+        false
+    };
+    let mut head = Vec::with_capacity(HEAD_BYTES);
+    let read = File::open(&path).and_then(|f| {
+        flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f))
+            .take(HEAD_BYTES as u64)
+            .read_to_end(&mut head)
+    });
+    if let Err(e) = read {
+        return warn(e);
+    }
+    let head = match memchr::memchr(b'\n', &head) {
+        Some(end) => &head[..=end],
+        None if head.len() == HEAD_BYTES => &head[..],
+        // No complete first line: nothing that was ever tailed.
+        None => return false,
+    };
+    let own = fingerprint(node, file.dev_ino, head);
+    let head_hash = hash_hex(head);
+    // Read before under its own name (a restart while reading it), or the
+    // file it was compressed from, if the content at its checkpoint agrees.
+    let saved = resume.get(&own).or_else(|| {
+        let unknown_identities = identities
+            .iter()
+            .filter(|p| !resume.contains_key(&p.fingerprint));
+        resume
+            .values()
+            .chain(unknown_identities)
+            .filter(|p| p.head_hash.as_deref() == Some(head_hash.as_str()))
+            .filter(|p| match gz_at(&path, p.offset) {
+                Ok(Some((_, tail))) => {
+                    p.tail_hash.is_none() || p.tail_hash == Some(hash_hex(&tail))
+                }
+                _ => false,
+            })
+            .max_by_key(|p| (p.epoch, p.offset))
+    });
+    let (fp, epoch, offset) = match saved {
+        Some(p) => (p.fingerprint.clone(), p.epoch, p.offset),
+        None => {
+            let recent = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age < FORGET_AFTER);
+            if !recent {
+                tracing::debug!(path = %path.display(), "compressed rotated file unknown to the checkpoints and old: read before, not again");
+                return false;
+            }
+            (own, 0, 0)
+        }
+    };
+    let (gz, tail) = match gz_at(&path, offset) {
+        Ok(Some(at)) => at,
+        Ok(None) => {
+            tracing::warn!(path = %path.display(), offset, "compressed rotated file shorter than its checkpoint; not read");
+            return false;
+        }
+        Err(e) => return warn(e),
+    };
+    tracing::info!(path = %path.display(), fingerprint = %fp, offset, "reading compressed rotated file");
+    file.fingerprint = Some(fp);
+    file.head_hash = Some(head_hash);
+    file.epoch = epoch;
+    file.read_offset = offset;
+    file.buf_offset = offset;
+    file.tail = tail;
+    file.gz = Some(gz);
+    true
+}
+
+/// Rotated siblings of a tailed file: kubelet's `<n>.log.<timestamp>` and
+/// the API server's `audit-<timestamp>.log`, and both gzipped (`.gz`).
 /// Symlinks (`/var/log/containers`) are followed to where kubelet rotates.
 fn rotated_siblings(path: &Path) -> Vec<PathBuf> {
-    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    // A symlink whose file was just rotated away dangles: follow it by hand.
+    let real = std::fs::canonicalize(path)
+        .or_else(|_| std::fs::read_link(path).map(|to| path.parent().unwrap_or(path).join(to)))
+        .unwrap_or_else(|_| path.to_path_buf());
     let (Some(dir), Some(name)) = (real.parent(), real.file_name().and_then(|n| n.to_str())) else {
         return Vec::new();
     };
@@ -1267,9 +1578,13 @@ fn rotated_siblings(path: &Path) -> Vec<PathBuf> {
         .filter_map(|e| {
             let n = e.file_name().into_string().ok()?;
             let rest = n.strip_prefix(stem)?;
+            // `x.gz` beside `x` is gzip still at work: `x` is read instead.
+            let gzip_at_work = n
+                .strip_suffix(".gz")
+                .is_some_and(|original| dir.join(original).exists());
             let rotated = (rest.starts_with('.') || rest.starts_with('-'))
                 && n != name
-                && !n.ends_with(".gz")
+                && !gzip_at_work
                 && !n.ends_with(".tmp");
             rotated.then(|| e.path())
         })
