@@ -910,6 +910,9 @@ impl Writer {
                 })?;
                 tracing::info!(partition = %day, "partition created");
                 self.indexes.insert(day, index.clone());
+                self.stats
+                    .partitions
+                    .store(self.indexes.len() as u64, Ordering::Relaxed);
                 index
             }
         };

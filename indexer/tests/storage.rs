@@ -116,6 +116,15 @@ async fn records_go_to_the_partition_of_their_own_day() {
         .unwrap();
     let names: Vec<String> = store.partitions().iter().map(Day::name).collect();
     assert_eq!(names, days);
+    // The gauge follows new days as they are created, not only at the
+    // retention pass.
+    assert_eq!(
+        store
+            .stats()
+            .partitions
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
     let first = search(
         &store,
         "",
