@@ -96,11 +96,11 @@ fn replay_key(record: &DecodedRecord) -> String {
         (SourceKind::Audit, Some(audit_id), Some(stage))
             if !audit_id.is_empty() && record.parse_error.is_none() =>
         {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            serde_json::to_vec(&record.event)
-                .unwrap_or_default()
-                .hash(&mut h);
+            use std::hash::Hasher;
+            // Hash the event's JSON as it is written, without building it.
+            let mut h = HashWriter(std::collections::hash_map::DefaultHasher::new());
+            let _ = serde_json::to_writer(&mut h, &record.event);
+            let h = h.0;
             format!(
                 "audit\u{0}{}\u{0}{audit_id}\u{0}{stage}\u{0}{:016x}",
                 record.cluster.as_deref().unwrap_or(""),
@@ -108,6 +108,20 @@ fn replay_key(record: &DecodedRecord) -> String {
             )
         }
         _ => record.id.clone(),
+    }
+}
+
+/// Feeds written bytes into a hasher.
+struct HashWriter<H>(H);
+
+impl<H: std::hash::Hasher> std::io::Write for HashWriter<H> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.write(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

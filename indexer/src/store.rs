@@ -732,7 +732,6 @@ impl KnownRecords {
 
 /// A partition open for writing.
 struct OpenPartition {
-    index: Index,
     writer: IndexWriter<TantivyDocument>,
     reader: IndexReader,
     known: KnownRecords,
@@ -950,7 +949,6 @@ impl Writer {
         let known = KnownRecords::load(&reader, self.schema.key)?;
         tracing::debug!(partition = %day, records = known.committed.len(), "partition open for writing");
         Ok(OpenPartition {
-            index,
             writer,
             reader,
             known,
@@ -1193,5 +1191,4 @@ fn rollback(p: &mut OpenPartition) {
     if let Err(e) = p.writer.rollback() {
         tracing::error!(error = %e, "index rollback failed");
     }
-    let _ = &p.index;
 }
