@@ -35,18 +35,7 @@ fn audit(n: u64, time: DateTime<Utc>) -> DecodedRecord {
     }) else {
         unreachable!()
     };
-    Record {
-        id: format!("test/{n}"),
-        source: SourceKind::Audit,
-        timestamp: time,
-        cluster: Some("c1".into()),
-        node: Some("n1".into()),
-        flags: vec![],
-        parse_error: None,
-        file: None,
-        offset: Some(n),
-        event,
-    }
+    record(format!("test/{n}"), SourceKind::Audit, time, None, n, event)
 }
 
 fn container(n: u64, time: DateTime<Utc>, message: &str) -> DecodedRecord {
@@ -55,16 +44,35 @@ fn container(n: u64, time: DateTime<Utc>, message: &str) -> DecodedRecord {
     else {
         unreachable!()
     };
+    let file = Some("/var/log/pods/x.log".into());
+    record(
+        format!("c/{n}"),
+        SourceKind::Container,
+        time,
+        file,
+        n,
+        event,
+    )
+}
+
+fn record(
+    id: String,
+    source: SourceKind,
+    timestamp: DateTime<Utc>,
+    file: Option<String>,
+    offset: u64,
+    event: Map<String, Value>,
+) -> DecodedRecord {
     Record {
-        id: format!("c/{n}"),
-        source: SourceKind::Container,
-        timestamp: time,
+        id,
+        source,
+        timestamp,
         cluster: Some("c1".into()),
         node: Some("n1".into()),
         flags: vec![],
         parse_error: None,
-        file: Some("/var/log/pods/x.log".into()),
-        offset: Some(n),
+        file,
+        offset: Some(offset),
         event,
     }
 }

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use ward_e2e::{Client, fixtures, free_port, start_indexer, wait_until, ward_bin};
+use ward_e2e::{Client, fixtures, free_port, json_lines, start_indexer, wait_until, ward_bin};
 
 const WAIT: Duration = Duration::from_secs(60);
 const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
@@ -357,16 +357,7 @@ fn replays_do_not_duplicate_and_status_changes_record_who_and_when() {
         .stderr(Stdio::piped())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let hunted: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let hunted = json_lines(&out);
     assert_eq!(hunted.len(), 1, "{hunted:?}");
     assert_eq!(hunted[0]["rule_id"], "hunt-privileged");
     assert_eq!(

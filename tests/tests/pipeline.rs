@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use ward_e2e::{Client, Process, append, fixtures, free_port, start_indexer, ward_bin};
+use ward_e2e::{Client, Process, append, fixtures, free_port, json_lines, start_indexer, ward_bin};
 
 const WAIT: Duration = Duration::from_secs(60);
 const CONTAINER_ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -257,16 +257,7 @@ fn every_line_arrives_exactly_once_with_its_fields() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["message"], "started worker");
     let out = std::process::Command::new(ward_bin())

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use serde_json::Value;
-use ward_e2e::{fixtures, ward_bin};
+use ward_e2e::{fixtures, json_lines, ward_bin};
 
 #[test]
 fn rules_test_prints_one_alert_per_line_and_reports_bad_input() {
@@ -17,21 +17,12 @@ fn rules_test_prints_one_alert_per_line_and_reports_bad_input() {
         .arg(&malformed)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let alerts = json_lines(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("fal_01_003.json"),
         "malformed trace reported: {stderr}"
     );
-    let alerts: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let exec_event: Value = serde_json::from_str(
         std::fs::read_to_string(&exec)
             .unwrap()
