@@ -553,6 +553,17 @@ impl Default for Rig {
 }
 
 /// CRI lines `<prefix> <i>` for every i in `range`, stdout, complete.
+/// Audit Event lines `<prefix>-<i>` (auditID and requestURI carry both).
+pub fn audit_lines(prefix: &str, range: std::ops::Range<usize>) -> String {
+    range
+        .map(|i| {
+            format!(
+                "{{\"kind\":\"Event\",\"apiVersion\":\"audit.k8s.io/v1\",\"auditID\":\"{prefix}-{i}\",\"stage\":\"ResponseComplete\",\"verb\":\"get\",\"requestURI\":\"/api/v1/{prefix}/{i}\",\"requestReceivedTimestamp\":\"2024-05-01T10:00:00Z\"}}\n"
+            )
+        })
+        .collect()
+}
+
 pub fn cri_lines(prefix: &str, range: std::ops::Range<usize>) -> String {
     range
         .map(|i| {

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ward_e2e::{Rig, append, cri_lines, wait_until};
+use ward_e2e::{Rig, append, audit_lines, cri_lines, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -111,12 +111,7 @@ fn kubelet_and_api_server_rotation_lose_nothing_live_or_across_restarts() {
     rig.start_indexer();
     let f = pod_file(&rig, "rot");
     let audit = rig.root.join("audit/audit.log");
-    let event = |i: usize| {
-        format!(
-            "{{\"kind\":\"Event\",\"apiVersion\":\"audit.k8s.io/v1\",\"auditID\":\"rot-{i}\",\"stage\":\"ResponseComplete\",\"verb\":\"get\",\"requestURI\":\"/api/v1/rot/{i}\",\"requestReceivedTimestamp\":\"2024-05-01T10:00:00Z\"}}\n"
-        )
-    };
-    let events = |r: std::ops::Range<usize>| r.map(event).collect::<String>();
+    let events = |r: std::ops::Range<usize>| audit_lines("rot", r);
     append(&f, cri_lines("rot", 0..100).as_bytes());
     append(&audit, events(0..100).as_bytes());
     rig.start_collector(&[]);
@@ -183,12 +178,7 @@ fn a_rotated_file_gzipped_before_it_was_read_to_its_end_is_read_from_the_gzip() 
     rig.start_indexer();
     let f = pod_file(&rig, "gz");
     let audit = rig.root.join("audit/audit.log");
-    let event = |i: usize| {
-        format!(
-            "{{\"kind\":\"Event\",\"apiVersion\":\"audit.k8s.io/v1\",\"auditID\":\"gz-{i}\",\"stage\":\"ResponseComplete\",\"verb\":\"get\",\"requestURI\":\"/api/v1/gz/{i}\",\"requestReceivedTimestamp\":\"2024-05-01T10:00:00Z\"}}\n"
-        )
-    };
-    let events = |r: std::ops::Range<usize>| r.map(event).collect::<String>();
+    let events = |r: std::ops::Range<usize>| audit_lines("gz", r);
     append(&f, cri_lines("gz", 0..100).as_bytes());
     append(&audit, events(0..100).as_bytes());
     rig.start_collector(&[]);
