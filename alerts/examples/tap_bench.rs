@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use support::{DECOMPRESS_LIMIT, Measured, corpus, measure};
+use support::{DECOMPRESS_LIMIT, Measured, measure};
 use ward_alerts::{AlertStore, RulesTap, SinksConfig};
 use ward_event::wire;
 use ward_indexer::{IngestTap, Store, StoreConfig};
@@ -106,6 +106,7 @@ fn run(corpus: &support::Corpus, mode: Mode, dir: &std::path::Path) -> (Measured
 fn main() {
     let mut events = 200_000usize;
     let mut runs = 2usize;
+    let mut one_day = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -116,13 +117,14 @@ fn main() {
                     .expect("--events N")
             }
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--one-day" => one_day = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
     }
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at start: {}", load().trim());
-    let corpus = corpus(events);
+    let corpus = support::corpus_with(events, one_day);
     println!(
         "corpus: {} events, {:.1} MB event JSON, {} batches",
         corpus.events,

@@ -14,6 +14,9 @@ pub enum Error {
     /// A stored value could not be encoded or decoded.
     #[error("alert store encoding error: {0}")]
     Encoding(#[from] serde_json::Error),
+    /// An alert refers to rule metadata the store does not hold.
+    #[error("alert store is missing rule version {0:016x}")]
+    MissingRuleVersion(u64),
     /// No alert has this id.
     #[error("no alert with id {0}")]
     NotFound(u64),

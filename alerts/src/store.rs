@@ -5,32 +5,45 @@
 //!
 //! | table | key → value | what |
 //! | --- | --- | --- |
-//! | `alerts` | id → JSON [`StoredAlert`] | every alert, ids in insertion order |
-//! | `dedup` | `rule id \n auditID` → id | one alert per rule and triggering event |
+//! | `alerts` | id → JSON alert row | every alert, ids in insertion order |
+//! | `rule_versions` | fingerprint → JSON rule metadata | title, level, description, author and tags of each rule version alerts refer to |
+//! | `dedup_keys` | `rule id \n auditID` (bytes) → id | one alert per rule and triggering event |
 //! | `queue` | sequence → JSON [`Delivery`] | deliveries not yet accepted by their sink |
 //! | `meta` | name → u64 | id and sequence counters |
 //! | `counters` | `delivered:<sink>` / `failed:<sink>` → u64 | delivery outcomes |
+//!
+//! An alert row holds what is particular to the alert and refers to its
+//! rule's metadata by fingerprint, so the rule's description and tags are
+//! stored once per rule version, not once per alert: an attack can raise
+//! an alert for most events, and the description is most of an alert's
+//! bytes. Editing a rule's text makes a new version; older alerts keep
+//! showing the metadata they were raised with. Rows written before this
+//! layout (the whole alert as JSON) are still read.
 //!
 //! An alert, its de-duplication key and its deliveries are written in one
 //! transaction: after a crash there is never an alert without its
 //! deliveries, nor a delivery without its alert. A status change rewrites
 //! the alert and appends to its history in one transaction too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 use ward_rules::Level;
 
 use crate::error::{Error, db};
 
 const ALERTS: TableDefinition<u64, &[u8]> = TableDefinition::new("alerts");
-const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
+const DEDUP: TableDefinition<&[u8], u64> = TableDefinition::new("dedup_keys");
+/// The de-duplication table of earlier releases: `&str` keys, which redb
+/// checks as UTF-8 on every comparison. Moved into [`DEDUP`] at open.
+const DEDUP_TEXT: TableDefinition<&str, u64> = TableDefinition::new("dedup");
 const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const RULE_VERSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("rule_versions");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 /// Largest page of a listing.
@@ -136,21 +149,19 @@ pub struct NewAlert {
 }
 
 impl NewAlert {
-    fn dedup_key(&self) -> String {
+    fn dedup_key(&self, key: &mut Vec<u8>) {
         let event = self.audit_id.as_deref().unwrap_or(&self.event_id);
-        format!("{}\n{}", self.alert.rule_id, event)
+        key.clear();
+        key.extend_from_slice(self.alert.rule_id.as_bytes());
+        key.push(b'\n');
+        key.extend_from_slice(event.as_bytes());
     }
 
-    fn into_stored(self, id: u64, now: DateTime<Utc>) -> StoredAlert {
+    /// The alert's own part, referring to its rule version by `rule`.
+    fn into_row(self, rule: u64, now: DateTime<Utc>) -> AlertRow {
         let a = self.alert;
-        StoredAlert {
-            id,
-            rule_id: a.rule_id.to_string(),
-            title: a.title.to_string(),
-            level: a.level,
-            description: a.description.as_deref().map(str::to_owned),
-            author: a.author.as_deref().map(str::to_owned),
-            tags: a.tags.to_vec(),
+        AlertRow {
+            rule,
             correlation: a.correlation,
             timestamp: a.timestamp,
             created: now,
@@ -161,12 +172,169 @@ impl NewAlert {
             audit_ids: a.audit_ids,
             group: a.group,
             status: Status::Open,
-            history: vec![StatusChange {
-                status: Status::Open,
-                by: "ward".into(),
-                at: now,
-                comment: None,
-            }],
+            changes: Vec::new(),
+        }
+    }
+}
+
+/// The metadata of one version of a rule, stored once and shared by the
+/// alerts it raised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RuleVersion {
+    rule_id: String,
+    title: String,
+    level: Level,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    author: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<String>,
+}
+
+impl RuleVersion {
+    fn of(a: &ward_rules::Alert) -> RuleVersion {
+        RuleVersion {
+            rule_id: a.rule_id.to_string(),
+            title: a.title.to_string(),
+            level: a.level,
+            description: a.description.as_deref().map(str::to_owned),
+            author: a.author.as_deref().map(str::to_owned),
+            tags: a.tags.to_vec(),
+        }
+    }
+
+    /// A stable 64-bit fingerprint of the metadata, the version's
+    /// key. It is persisted, so it must not depend on the Rust release
+    /// (as `std`'s hasher may).
+    fn fingerprint(a: &ward_rules::Alert) -> u64 {
+        let mut h = Fingerprint::default();
+        h.field(a.rule_id.as_bytes());
+        h.field(a.title.as_bytes());
+        h.field(a.level.as_str().as_bytes());
+        h.field(a.description.as_deref().unwrap_or("\u{0}none").as_bytes());
+        h.field(a.author.as_deref().unwrap_or("\u{0}none").as_bytes());
+        for tag in a.tags.iter() {
+            h.field(tag.as_bytes());
+        }
+        h.finish()
+    }
+}
+
+/// A word-at-a-time multiplicative hash: fast enough to run per alert,
+/// and defined here so that it never changes under a stored fingerprint.
+struct Fingerprint(u64);
+
+impl Default for Fingerprint {
+    fn default() -> Self {
+        Fingerprint(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fingerprint {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(23) ^ word).wrapping_mul(Self::K);
+    }
+
+    /// Hashes `bytes` and their length, so that ("ab", "c") and ("a", "bc")
+    /// differ.
+    fn field(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(word));
+        }
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        self.mix(u64::from_le_bytes(tail));
+        self.mix(bytes.len() as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // A final avalanche so that close inputs spread over all bits.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
+    }
+}
+
+/// One alert as stored under its id: what is particular to it, and the
+/// fingerprint of its rule version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AlertRow {
+    rule: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    correlation: bool,
+    timestamp: DateTime<Utc>,
+    created: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    event_ids: Vec<String>,
+    audit_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<BTreeMap<String, Option<String>>>,
+    status: Status,
+    /// Status changes after the initial `open` (by `ward`, at `created`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    changes: Vec<StatusChange>,
+}
+
+impl AlertRow {
+    fn into_stored(self, id: u64, rule: &RuleVersion) -> StoredAlert {
+        let mut history = Vec::with_capacity(1 + self.changes.len());
+        history.push(StatusChange {
+            status: Status::Open,
+            by: "ward".into(),
+            at: self.created,
+            comment: None,
+        });
+        history.extend(self.changes);
+        StoredAlert {
+            id,
+            rule_id: rule.rule_id.clone(),
+            title: rule.title.clone(),
+            level: rule.level,
+            description: rule.description.clone(),
+            author: rule.author.clone(),
+            tags: rule.tags.clone(),
+            correlation: self.correlation,
+            timestamp: self.timestamp,
+            created: self.created,
+            cluster: self.cluster,
+            namespace: self.namespace,
+            user: self.user,
+            event_ids: self.event_ids,
+            audit_ids: self.audit_ids,
+            group: self.group,
+            status: self.status,
+            history,
+        }
+    }
+}
+
+/// A stored value of the `alerts` table: a row, or an alert written whole
+/// by an earlier release.
+enum Stored {
+    Row(AlertRow),
+    Whole(StoredAlert),
+}
+
+impl Stored {
+    fn decode(bytes: &[u8]) -> Result<Stored, Error> {
+        match serde_json::from_slice::<AlertRow>(bytes) {
+            Ok(row) => Ok(Stored::Row(row)),
+            Err(row_error) => serde_json::from_slice::<StoredAlert>(bytes)
+                .map(Stored::Whole)
+                .map_err(|_| Error::Encoding(row_error)),
         }
     }
 }
@@ -225,6 +393,9 @@ pub struct SinkCounts {
 #[derive(Clone)]
 pub struct AlertStore {
     db: Arc<Database>,
+    /// Rule versions known to be in the `rule_versions` table, so that
+    /// storing and reading alerts does not look them up each time.
+    versions: Arc<Mutex<HashMap<u64, Arc<RuleVersion>>>>,
 }
 
 impl std::fmt::Debug for AlertStore {
@@ -246,15 +417,58 @@ impl AlertStore {
         let txn = database.begin_write().map_err(db)?;
         {
             txn.open_table(ALERTS).map_err(db)?;
-            txn.open_table(DEDUP).map_err(db)?;
+            let mut dedup = txn.open_table(DEDUP).map_err(db)?;
+            migrate_text_dedup(&txn, &mut dedup)?;
             txn.open_table(QUEUE).map_err(db)?;
             txn.open_table(META).map_err(db)?;
             txn.open_table(COUNTERS).map_err(db)?;
+            txn.open_table(RULE_VERSIONS).map_err(db)?;
         }
         txn.commit().map_err(db)?;
         Ok(AlertStore {
             db: Arc::new(database),
+            versions: Arc::default(),
         })
+    }
+
+    fn versions(&self) -> MutexGuard<'_, HashMap<u64, Arc<RuleVersion>>> {
+        // The map only caches what the table holds; a panic elsewhere
+        // cannot leave it wrong.
+        self.versions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The rule version `fingerprint`, from the cache or `table`.
+    fn version(
+        &self,
+        table: &impl ReadableTable<u64, &'static [u8]>,
+        fingerprint: u64,
+    ) -> Result<Arc<RuleVersion>, Error> {
+        if let Some(v) = self.versions().get(&fingerprint) {
+            return Ok(v.clone());
+        }
+        let value = table
+            .get(fingerprint)
+            .map_err(db)?
+            .ok_or(Error::MissingRuleVersion(fingerprint))?;
+        let version: Arc<RuleVersion> = Arc::new(serde_json::from_slice(value.value())?);
+        self.versions().insert(fingerprint, version.clone());
+        Ok(version)
+    }
+
+    /// Decodes a value of the `alerts` table.
+    fn decode(
+        &self,
+        versions: &impl ReadableTable<u64, &'static [u8]>,
+        id: u64,
+        bytes: &[u8],
+    ) -> Result<StoredAlert, Error> {
+        match Stored::decode(bytes)? {
+            Stored::Row(row) => {
+                let version = self.version(versions, row.rule)?;
+                Ok(row.into_stored(id, &version))
+            }
+            Stored::Whole(alert) => Ok(alert),
+        }
     }
 
     /// Stores the alerts that are not stored yet (by rule and `auditID`),
@@ -270,31 +484,53 @@ impl AlertStore {
         }
         let now = Utc::now();
         let mut stored = Vec::new();
+        // Versions this transaction adds: cached only once it committed.
+        let mut added: HashMap<u64, Arc<RuleVersion>> = HashMap::new();
         let txn = self.db.begin_write().map_err(db)?;
         {
             let mut table = txn.open_table(ALERTS).map_err(db)?;
             let mut dedup = txn.open_table(DEDUP).map_err(db)?;
             let mut queue = txn.open_table(QUEUE).map_err(db)?;
             let mut meta = txn.open_table(META).map_err(db)?;
+            let mut versions = txn.open_table(RULE_VERSIONS).map_err(db)?;
             let mut next_id = meta.get("next_alert").map_err(db)?.map_or(1, |v| v.value());
             let mut next_seq = meta
                 .get("next_delivery")
                 .map_err(db)?
                 .map_or(1, |v| v.value());
+            let (mut row_bytes, mut key) = (Vec::new(), Vec::new());
             for new in alerts {
-                let key = new.dedup_key();
-                if dedup.get(key.as_str()).map_err(db)?.is_some() {
+                new.dedup_key(&mut key);
+                if dedup.get(key.as_slice()).map_err(db)?.is_some() {
                     continue;
                 }
-                let alert = new.into_stored(next_id, now);
+                let fingerprint = RuleVersion::fingerprint(&new.alert);
+                let version = match added.get(&fingerprint) {
+                    Some(v) => v.clone(),
+                    None => match self.version(&versions, fingerprint) {
+                        Ok(v) => v,
+                        Err(Error::MissingRuleVersion(_)) => {
+                            let v = Arc::new(RuleVersion::of(&new.alert));
+                            versions
+                                .insert(fingerprint, serde_json::to_vec(&*v)?.as_slice())
+                                .map_err(db)?;
+                            added.insert(fingerprint, v.clone());
+                            v
+                        }
+                        Err(e) => return Err(e),
+                    },
+                };
+                let id = next_id;
                 next_id += 1;
-                dedup.insert(key.as_str(), alert.id).map_err(db)?;
-                table
-                    .insert(alert.id, serde_json::to_vec(&alert)?.as_slice())
-                    .map_err(db)?;
+                dedup.insert(key.as_slice(), id).map_err(db)?;
+                let row = new.into_row(fingerprint, now);
+                row_bytes.clear();
+                serde_json::to_writer(&mut row_bytes, &row)?;
+                table.insert(id, row_bytes.as_slice()).map_err(db)?;
+                let alert = row.into_stored(id, &version);
                 for sink in route(&alert) {
                     let delivery = Delivery {
-                        alert_id: alert.id,
+                        alert_id: id,
                         sink,
                         attempts: 0,
                         next_attempt: now,
@@ -314,6 +550,7 @@ impl AlertStore {
             txn.abort().map_err(db)?;
         } else {
             txn.commit().map_err(db)?;
+            self.versions().extend(added);
         }
         Ok(stored)
     }
@@ -321,8 +558,9 @@ impl AlertStore {
     pub fn get(&self, id: u64) -> Result<StoredAlert, Error> {
         let txn = self.db.begin_read().map_err(db)?;
         let table = txn.open_table(ALERTS).map_err(db)?;
+        let versions = txn.open_table(RULE_VERSIONS).map_err(db)?;
         let value = table.get(id).map_err(db)?.ok_or(Error::NotFound(id))?;
-        Ok(serde_json::from_slice(value.value())?)
+        self.decode(&versions, id, value.value())
     }
 
     /// Alerts matching `filter`, newest stored first.
@@ -334,13 +572,14 @@ impl AlertStore {
         }
         let txn = self.db.begin_read().map_err(db)?;
         let table = txn.open_table(ALERTS).map_err(db)?;
+        let versions = txn.open_table(RULE_VERSIONS).map_err(db)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(db)?.rev() {
             if out.len() >= filter.limit {
                 break;
             }
-            let (_, value) = entry.map_err(db)?;
-            let alert: StoredAlert = serde_json::from_slice(value.value())?;
+            let (id, value) = entry.map_err(db)?;
+            let alert = self.decode(&versions, id.value(), value.value())?;
             if filter.matches(&alert) {
                 out.push(alert);
             }
@@ -363,24 +602,39 @@ impl AlertStore {
         by: &str,
         comment: Option<String>,
     ) -> Result<StoredAlert, Error> {
+        let change = StatusChange {
+            status,
+            by: by.to_owned(),
+            at: Utc::now(),
+            comment,
+        };
         let txn = self.db.begin_write().map_err(db)?;
         let alert = {
             let mut table = txn.open_table(ALERTS).map_err(db)?;
-            let mut alert: StoredAlert = {
+            let versions = txn.open_table(RULE_VERSIONS).map_err(db)?;
+            let stored = {
                 let value = table.get(id).map_err(db)?.ok_or(Error::NotFound(id))?;
-                serde_json::from_slice(value.value())?
+                Stored::decode(value.value())?
             };
-            alert.status = status;
-            alert.history.push(StatusChange {
-                status,
-                by: by.to_owned(),
-                at: Utc::now(),
-                comment,
-            });
-            table
-                .insert(id, serde_json::to_vec(&alert)?.as_slice())
-                .map_err(db)?;
-            alert
+            match stored {
+                Stored::Row(mut row) => {
+                    row.status = status;
+                    row.changes.push(change);
+                    table
+                        .insert(id, serde_json::to_vec(&row)?.as_slice())
+                        .map_err(db)?;
+                    let version = self.version(&versions, row.rule)?;
+                    row.into_stored(id, &version)
+                }
+                Stored::Whole(mut alert) => {
+                    alert.status = status;
+                    alert.history.push(change);
+                    table
+                        .insert(id, serde_json::to_vec(&alert)?.as_slice())
+                        .map_err(db)?;
+                    alert
+                }
+            }
         };
         txn.commit().map_err(db)?;
         Ok(alert)
@@ -456,6 +710,32 @@ impl AlertStore {
     }
 }
 
+/// Moves the entries of the `&str`-keyed de-duplication table of earlier
+/// releases into `dedup`, and deletes it.
+fn migrate_text_dedup(
+    txn: &redb::WriteTransaction,
+    dedup: &mut redb::Table<'_, &'static [u8], u64>,
+) -> Result<(), Error> {
+    let exists = txn
+        .list_tables()
+        .map_err(db)?
+        .any(|t| t.name() == DEDUP_TEXT.name());
+    if !exists {
+        return Ok(());
+    }
+    {
+        let old = txn.open_table(DEDUP_TEXT).map_err(db)?;
+        for entry in old.iter().map_err(db)? {
+            let (key, id) = entry.map_err(db)?;
+            dedup
+                .insert(key.value().as_bytes(), id.value())
+                .map_err(db)?;
+        }
+    }
+    txn.delete_table(DEDUP_TEXT).map_err(db)?;
+    Ok(())
+}
+
 fn bump(txn: &redb::WriteTransaction, key: &str) -> Result<(), Error> {
     let mut counters = txn.open_table(COUNTERS).map_err(db)?;
     let n = counters.get(key).map_err(db)?.map_or(0, |v| v.value());
@@ -489,6 +769,136 @@ mod tests {
             namespace: None,
             user: Some("bob".into()),
         }
+    }
+
+    fn rule_versions(store: &AlertStore) -> u64 {
+        let txn = store.db.begin_read().unwrap();
+        txn.open_table(RULE_VERSIONS).unwrap().len().unwrap()
+    }
+
+    #[test]
+    fn rule_metadata_is_stored_once_per_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.redb");
+        let store = AlertStore::open(&path).unwrap();
+        let none = |_: &StoredAlert| Vec::new();
+        let batch: Vec<NewAlert> = (0..50)
+            .map(|i| alert("r1", &format!("a{i}"), Level::High))
+            .chain((0..50).map(|i| alert("r2", &format!("a{i}"), Level::Low)))
+            .collect();
+        assert_eq!(store.insert(batch, &none).unwrap().len(), 100);
+        assert_eq!(rule_versions(&store), 2, "one row per rule, not per alert");
+
+        // The same rule id with a new title is a new version; the alerts
+        // already stored keep the title they were raised with.
+        let mut edited = alert("r1", "b1", Level::Critical);
+        edited.alert.title = "T r1, edited".into();
+        let new = store.insert(vec![edited], &none).unwrap();
+        assert_eq!(new[0].title, "T r1, edited");
+        assert_eq!(new[0].level, Level::Critical);
+        assert_eq!(rule_versions(&store), 3);
+        drop(store);
+
+        // A fresh process finds the versions in the table, not in its cache.
+        let store = AlertStore::open(&path).unwrap();
+        assert_eq!(store.get(1).unwrap().title, "T r1");
+        assert_eq!(store.get(1).unwrap().level, Level::High);
+        assert_eq!(store.get(101).unwrap().title, "T r1, edited");
+        let more = store
+            .insert(vec![alert("r2", "c1", Level::Low)], &none)
+            .unwrap();
+        assert_eq!(more[0].title, "T r2");
+        assert_eq!(
+            rule_versions(&store),
+            3,
+            "r2's version was found, not added"
+        );
+    }
+
+    /// Stores written by earlier releases (whole alerts as JSON, `&str`
+    /// de-duplication keys) open, read, change and de-duplicate as before.
+    #[test]
+    fn alerts_of_earlier_releases_are_read_and_deduplicated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.redb");
+        let legacy = StoredAlert {
+            id: 1,
+            rule_id: "r1".into(),
+            title: "Old title".into(),
+            level: Level::High,
+            description: Some("what to check".into()),
+            author: None,
+            tags: vec!["attack.t1609".into()],
+            correlation: false,
+            timestamp: Utc::now(),
+            created: Utc::now(),
+            cluster: Some("c1".into()),
+            namespace: None,
+            user: Some("bob".into()),
+            event_ids: vec!["rec-a1".into()],
+            audit_ids: vec!["a1".into()],
+            group: None,
+            status: Status::Open,
+            history: vec![StatusChange {
+                status: Status::Open,
+                by: "ward".into(),
+                at: Utc::now(),
+                comment: None,
+            }],
+        };
+        {
+            let database = Database::create(&path).unwrap();
+            let txn = database.begin_write().unwrap();
+            {
+                let mut alerts = txn.open_table(ALERTS).unwrap();
+                alerts
+                    .insert(1, serde_json::to_vec(&legacy).unwrap().as_slice())
+                    .unwrap();
+                let mut dedup = txn.open_table(DEDUP_TEXT).unwrap();
+                dedup.insert("r1\na1", 1).unwrap();
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert("next_alert", 2).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = AlertStore::open(&path).unwrap();
+        assert_eq!(store.get(1).unwrap(), legacy);
+        assert_eq!(
+            store
+                .list(&AlertFilter {
+                    limit: 10,
+                    ..Default::default()
+                })
+                .unwrap(),
+            vec![legacy.clone()]
+        );
+        let none = |_: &StoredAlert| Vec::new();
+        let new = store
+            .insert(
+                vec![
+                    alert("r1", "a1", Level::High),
+                    alert("r1", "a2", Level::High),
+                ],
+                &none,
+            )
+            .unwrap();
+        assert_eq!(new.len(), 1, "the old de-duplication key still counts");
+        assert_eq!(new[0].id, 2);
+        let acked = store
+            .set_status(1, Status::Acknowledged, "alice", None)
+            .unwrap();
+        assert_eq!(acked.title, "Old title");
+        assert_eq!(acked.history.len(), 2);
+        drop(store);
+        let store = AlertStore::open(&path).unwrap();
+        assert_eq!(store.get(1).unwrap().status, Status::Acknowledged);
+        let txn = store.db.begin_read().unwrap();
+        assert!(
+            txn.list_tables()
+                .unwrap()
+                .all(|t| t.name() != DEDUP_TEXT.name()),
+            "the old table is gone once moved"
+        );
     }
 
     #[test]

@@ -197,7 +197,14 @@ impl IngestTap for RulesTap {
                     .stored
                     .fetch_add(stored.len() as u64, Ordering::Relaxed);
                 for a in &stored {
-                    tracing::info!(alert_id = a.id, rule_id = %a.rule_id, level = %a.level, title = %a.title, "alert raised");
+                    // Low and informational alerts are hunting context, and
+                    // an attack can raise one for most events: not a log
+                    // line each.
+                    if a.level >= ward_rules::Level::Medium {
+                        tracing::info!(alert_id = a.id, rule_id = %a.rule_id, level = %a.level, title = %a.title, "alert raised");
+                    } else {
+                        tracing::debug!(alert_id = a.id, rule_id = %a.rule_id, level = %a.level, title = %a.title, "alert raised");
+                    }
                 }
                 if !stored.is_empty()
                     && let Some(w) = &self.wake

@@ -61,6 +61,7 @@ impl ApiError {
             ApiError::Alerts(
                 Alerts::Db(_)
                 | Alerts::Encoding(_)
+                | Alerts::MissingRuleVersion(_)
                 | Alerts::Io { .. }
                 | Alerts::Config { .. }
                 | Alerts::Delivery { .. },

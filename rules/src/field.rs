@@ -12,6 +12,12 @@
 //! element, so "any element matches" falls out of the walk.
 //!
 //! The walk borrows from the already-parsed event and allocates nothing.
+//!
+//! Trying every split at every level is what makes literal keys work, and
+//! it is most of the cost of matching: a map none of whose keys contains a
+//! dot can only match a path's first segment, so for such maps (nearly
+//! every map of an audit event) the walk looks up that one key.
+//! [`DottedKeys`] remembers, for one event, which maps those are.
 
 use serde_json::{Map, Value};
 
@@ -26,7 +32,50 @@ pub(crate) fn visit<'a>(
     found: &mut bool,
     visit: &mut dyn FnMut(&'a Value) -> bool,
 ) -> bool {
-    walk_map(root, path, found, visit)
+    walk_map(root, path, found, visit, &mut DottedKeys::default())
+}
+
+/// For the maps of one event: whether any of their keys contains a dot.
+/// Maps are told apart by address, so a `DottedKeys` must not outlive the
+/// event it was filled from (another event's map could reuse an address);
+/// [`FieldCache`], which holds one, borrows the event for its whole life.
+pub(crate) struct DottedKeys {
+    seen: [(*const Map<String, Value>, bool); DottedKeys::CAPACITY],
+    len: usize,
+}
+
+impl Default for DottedKeys {
+    fn default() -> Self {
+        DottedKeys {
+            seen: [(std::ptr::null(), false); DottedKeys::CAPACITY],
+            len: 0,
+        }
+    }
+}
+
+impl DottedKeys {
+    /// Maps this small are cheaper to scan than to look up.
+    const SCAN_BELOW: usize = 4;
+    /// Beyond this many maps, the rest are scanned each time (an audit
+    /// event's rules touch a dozen or so).
+    const CAPACITY: usize = 24;
+
+    fn has_dotted_key(&mut self, map: &Map<String, Value>) -> bool {
+        let scan = || map.keys().any(|k| k.as_bytes().contains(&b'.'));
+        if map.len() < Self::SCAN_BELOW {
+            return scan();
+        }
+        let address = map as *const Map<String, Value>;
+        if let Some((_, dotted)) = self.seen[..self.len].iter().find(|(a, _)| *a == address) {
+            return *dotted;
+        }
+        let dotted = scan();
+        if self.len < Self::CAPACITY {
+            self.seen[self.len] = (address, dotted);
+            self.len += 1;
+        }
+        dotted
+    }
 }
 
 fn walk_map<'a>(
@@ -34,7 +83,16 @@ fn walk_map<'a>(
     path: &str,
     found: &mut bool,
     visit: &mut dyn FnMut(&'a Value) -> bool,
+    dotted: &mut DottedKeys,
 ) -> bool {
+    let Some(first_dot) = path.find('.') else {
+        return map.get(path).is_some_and(|v| leaf(v, found, visit));
+    };
+    if !dotted.has_dotted_key(map) {
+        return map
+            .get(&path[..first_dot])
+            .is_some_and(|v| walk(v, &path[first_dot + 1..], found, visit, dotted));
+    }
     // A literal key wins over any nested reading of the same name.
     if let Some(v) = map.get(path) {
         return leaf(v, found, visit);
@@ -42,7 +100,7 @@ fn walk_map<'a>(
     for (i, _) in path.match_indices('.') {
         let hit = map
             .get(&path[..i])
-            .is_some_and(|v| walk(v, &path[i + 1..], found, visit));
+            .is_some_and(|v| walk(v, &path[i + 1..], found, visit, dotted));
         if hit {
             return true;
         }
@@ -55,10 +113,11 @@ fn walk<'a>(
     path: &str,
     found: &mut bool,
     visit: &mut dyn FnMut(&'a Value) -> bool,
+    dotted: &mut DottedKeys,
 ) -> bool {
     match v {
-        Value::Object(m) => walk_map(m, path, found, visit),
-        Value::Array(items) => items.iter().any(|i| walk(i, path, found, visit)),
+        Value::Object(m) => walk_map(m, path, found, visit, dotted),
+        Value::Array(items) => items.iter().any(|i| walk(i, path, found, visit, dotted)),
         _ => false,
     }
 }
@@ -83,6 +142,7 @@ fn leaf<'a>(v: &'a Value, found: &mut bool, visit: &mut dyn FnMut(&'a Value) -> 
 pub(crate) struct FieldCache<'a, 's> {
     slots: &'s mut [Slot],
     values: Vec<&'a Value>,
+    dotted: DottedKeys,
 }
 
 /// Where a resolved field's values are in `values`; `state` 0 means not
@@ -100,6 +160,7 @@ impl<'a, 's> FieldCache<'a, 's> {
         FieldCache {
             slots,
             values: Vec::with_capacity(32),
+            dotted: DottedKeys::default(),
         }
     }
 
@@ -113,16 +174,22 @@ impl<'a, 's> FieldCache<'a, 's> {
         f: &mut dyn FnMut(&'a Value) -> bool,
     ) -> bool {
         let Some(slot) = self.slots.get(id as usize).copied() else {
-            return visit(root, path, found, f);
+            return walk_map(root, path, found, f, &mut self.dotted);
         };
         let slot = if slot.state == 0 {
             let start = self.values.len();
             let mut present = false;
             let values = &mut self.values;
-            visit(root, path, &mut present, &mut |v| {
-                values.push(v);
-                false
-            });
+            walk_map(
+                root,
+                path,
+                &mut present,
+                &mut |v| {
+                    values.push(v);
+                    false
+                },
+                &mut self.dotted,
+            );
             let resolved = Slot {
                 start: start as u32,
                 len: (self.values.len() - start) as u32,
@@ -192,6 +259,57 @@ mod tests {
         );
         // Literal `a.b` shadows the nested `a` → `b`.
         assert_eq!(all(&ev, "a.b").1, vec![json!(1)]);
+    }
+
+    /// Maps of four keys or more go through the per-event memo of which
+    /// maps have dotted keys: the literal key must still win there, and a
+    /// map without any must still resolve nested paths.
+    #[test]
+    fn literal_keys_win_in_large_maps_too() {
+        let ev = json!({
+            "kind": "Event", "verb": "get", "stage": "ResponseComplete",
+            "annotations": {
+                "authorization.k8s.io/decision": "allow",
+                "authorization.k8s.io/reason": "RBAC",
+                "mutation.webhook.admission.k8s.io/round_0_index_0": "{}",
+                "authorization": {"k8s.io/decision": "nested"},
+            },
+            "objectRef": {"resource": "pods", "namespace": "default", "name": "web", "apiVersion": "v1"},
+        });
+        let root = ev.as_object().unwrap();
+        let mut slots = vec![Slot::default(); 3];
+        let mut cache = FieldCache::new(&mut slots);
+        // Twice each: the second time the maps' answers come from the memo.
+        for _ in 0..2 {
+            for (id, path, want) in [
+                (
+                    0,
+                    "annotations.authorization.k8s.io/decision",
+                    json!("allow"),
+                ),
+                (1, "objectRef.namespace", json!("default")),
+                (2, "annotations.authorization.k8s.io/reason", json!("RBAC")),
+            ] {
+                let mut found = false;
+                let mut got = Vec::new();
+                cache.visit(root, id, path, &mut found, &mut |v| {
+                    got.push(v.clone());
+                    false
+                });
+                assert!(found, "{path}");
+                assert_eq!(got, vec![want.clone()], "{path}");
+                // Uninterned lookups share the map memo.
+                found = false;
+                got.clear();
+                cache.visit(root, u32::MAX, path, &mut found, &mut |v| {
+                    got.push(v.clone());
+                    false
+                });
+                assert_eq!(got, vec![want], "{path} uninterned");
+            }
+        }
+        assert_eq!(all(&ev, "objectRef.resource").1, vec![json!("pods")]);
+        assert_eq!(all(&ev, "objectRef.resource.x"), (false, vec![]));
     }
 
     #[test]
