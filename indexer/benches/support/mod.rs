@@ -96,7 +96,18 @@ pub fn corpus(events: usize) -> Corpus {
 /// fixtures' own times span years, so the plain corpus writes to many day
 /// partitions in every batch, which live ingest does not).
 pub fn corpus_with(events: usize, one_day: bool) -> Corpus {
-    let templates = templates();
+    corpus_of(templates(), events, one_day, |_, _| true)
+}
+
+/// Like [`corpus_with`], from `templates`, keeping in copy `k` only the
+/// templates `i` for which `keep(k, i)` holds (for example the events that
+/// raise alerts in only one copy in a hundred, for a realistic alert rate).
+pub fn corpus_of(
+    templates: Vec<Map<String, Value>>,
+    events: usize,
+    one_day: bool,
+    keep: impl Fn(usize, usize) -> bool,
+) -> Corpus {
     let day_start = DateTime::parse_from_rfc3339("2026-11-23T00:00:00Z")
         .expect("a valid time")
         .with_timezone(&Utc);
@@ -114,11 +125,16 @@ pub fn corpus_with(events: usize, one_day: bool) -> Corpus {
         compressed_bytes += body.len() as u64;
         batches.push(body);
     };
-    for n in 0..events {
-        let copy = n / templates.len();
-        let mut event = templates[n % templates.len()].clone();
+    let (keep, count) = (&keep, templates.len());
+    let picks = (0..).flat_map(move |copy| {
+        (0..count)
+            .filter(move |&i| keep(copy, i))
+            .map(move |i| (copy, i))
+    });
+    for (n, (copy, template)) in picks.take(events).enumerate() {
+        let mut event = templates[template].clone();
         let shift = chrono::Duration::seconds(copy as i64)
-            + chrono::Duration::microseconds((n % templates.len()) as i64);
+            + chrono::Duration::microseconds(template as i64);
         let audit_id = match event.get("auditID").and_then(Value::as_str) {
             Some(id) => format!("{id}-{copy:07}"),
             None => format!("bench-{n}"),
