@@ -163,7 +163,8 @@ export function render(main, params, ctx) {
       }
     }
     function drawDetail() {
-      detail.replaceChildren(
+      // replaceChildren() would print a null as text: filter first.
+      const parts = [
         a.description ? h('p.description', null, a.description) : null,
         a.tags && a.tags.length ? h('p', null, a.tags.map((t) => h('span.chip', null, t))) : null,
         a.group ? h('p', null, 'Group: ', Object.entries(a.group).map(([k, v]) => h('code', null, `${k}=${v ?? 'null'} `))) : null,
@@ -171,7 +172,8 @@ export function render(main, params, ctx) {
         h('ol.history', null, a.history.map((c) => h('li', null, h('strong', null, c.status), ` by ${c.by} at ${fmtTime(c.at)}`, c.comment ? ` — ${c.comment}` : ''))),
         h('h3', null, 'Triggering events'),
         events,
-      );
+      ];
+      detail.replaceChildren(...parts.filter(Boolean));
     }
     async function loadEvents() {
       events.replaceChildren(h('span.muted', null, 'Loading…'));

@@ -89,9 +89,9 @@ document.addEventListener('keydown', (e) => {
   const t = e.target;
   if (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName))) return;
   e.preventDefault();
+  if (!document.getElementById('query')) navigate('/search');
   const bar = document.getElementById('query');
   if (bar) bar.focus();
-  else navigate('/search');
 });
 
 function showWho() {

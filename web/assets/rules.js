@@ -125,7 +125,7 @@ export function render(main, params, ctx) {
               ),
             ),
           )
-        : null,
+        : '',
     );
   }
 

@@ -82,6 +82,13 @@ function urlParams(q, range) {
   return p;
 }
 
+/** A clock icon (system fonts may lack an emoji one). */
+function clock() {
+  return svg('svg', { width: 14, height: 14, viewBox: '0 0 16 16', 'aria-hidden': 'true', class: 'icon' },
+    svg('circle', { cx: 8, cy: 8, r: 6.5, fill: 'none', stroke: 'currentColor', 'stroke-width': 1.5 }),
+    svg('path', { d: 'M8 4.5V8l2.5 1.5', fill: 'none', stroke: 'currentColor', 'stroke-width': 1.5, 'stroke-linecap': 'round' }));
+}
+
 /** `1h`, `30s`, `7d` in milliseconds. */
 function intervalMs(s) {
   const m = /^(\d+)(ms|s|m|h|d|w)$/.exec(s || '');
@@ -199,7 +206,7 @@ export function render(main, params, ctx) {
 
   // --- time range picker -----------------------------------------------
   function renderPicker() {
-    rangeBtn.replaceChildren(h('span.clock', { 'aria-hidden': 'true' }, '🕑 '), rangeLabel(range));
+    rangeBtn.replaceChildren(clock(), rangeLabel(range));
     const b = bounds(range);
     const startIn = h('input', { type: 'text', id: 'range-start', value: range.kind === 'abs' ? range.start : b.start, placeholder: '2024-01-31T08:00:00Z' });
     const endIn = h('input', { type: 'text', id: 'range-end', value: range.kind === 'abs' ? range.end : b.end, placeholder: 'now' });
