@@ -278,6 +278,11 @@ def test_viewer_signs_in_and_is_not_offered_triage(open_page, ward):
     page.click('nav a[data-page="rules"]')
     expect(page.locator("#rules tbody tr").first).to_be_visible()
     expect(page.locator("#hunt-start")).to_have_count(0)
+    shot(page, "viewer-rules")
+    page.click('nav a[data-page="alerts"]')
+    expect(page.locator("article.alert").first).to_be_visible()
+    expect(page.locator("article.alert button[data-action]")).to_have_count(0)
+    shot(page, "viewer-alerts")
     # The server refuses what the page does not offer.
     status, _ = ward.request(
         "POST", f"/api/v1/alerts/{alert_id}/status", "viewer", {"status": "closed"}
@@ -290,6 +295,7 @@ def test_viewer_signs_in_and_is_not_offered_triage(open_page, ward):
     assert status == 403
     page.click("#sign-out")
     expect(page.locator("form.signin")).to_be_visible()
+    expect(page.locator("header.top nav")).to_be_hidden()
 
 
 def test_rules_page_lists_rules_and_runs_a_retro_hunt(open_page, ward):

@@ -102,6 +102,9 @@ export function render(main, params, ctx) {
         ),
       ),
       h(
+        'div.by-rule-wrap',
+        null,
+        h(
         'table.by-rule',
         null,
         h('thead', null, h('tr', null, h('th', null, 'Rule'), h('th', null, 'Level'), h('th.num', null, 'Alerts'))),
@@ -112,6 +115,7 @@ export function render(main, params, ctx) {
             h('tr', null, h('td', null, h('a', { href: href('/alerts', { status: params.get('status'), level, rule: id }) }, r.title)), h('td', null, levelBadge(r.level)), h('td.num', null, fmtCount(r.count))),
           ),
         ),
+      ),
       ),
     );
   }

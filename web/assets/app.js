@@ -105,6 +105,8 @@ function showWho() {
   } else {
     out.hidden = true;
   }
+  // Signed out, there is nowhere to go but the sign-in form.
+  document.querySelector('header.top nav').hidden = !me;
   for (const a of document.querySelectorAll('nav a[data-page]')) {
     const hide = me && (a.dataset.page === 'alerts' || a.dataset.page === 'rules') && (!me.alerts || !me.may.alerts);
     a.hidden = Boolean(hide);
