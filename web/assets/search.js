@@ -411,6 +411,10 @@ export function render(main, params, ctx) {
     const base = { q, start: b.start, end: b.end };
     const searchReq = api.get('/api/v1/search', { ...base, limit: PAGE, order, cursor: cursors[pageIndex] }, signal);
     const histoReq = api.get('/api/v1/aggregate', { ...base, histogram: 'auto' }, signal);
+    // It may fail before the search answers (a bad query fails both): mark
+    // it handled now, so the browser does not report an unhandled rejection;
+    // awaiting it below still sees the error.
+    histoReq.catch(() => {});
     try {
       const res = await searchReq;
       if (gen !== generation) return;
@@ -435,7 +439,6 @@ export function render(main, params, ctx) {
       }
       histo.replaceChildren();
       sidebar.replaceChildren();
-      histoReq.catch(() => {});
       return;
     }
     drawFacets(signal, gen, base);
