@@ -43,7 +43,7 @@ pub use error::Error;
 pub use hunt::{HuntAlert, HuntReport, HuntRequest, hunt};
 pub use sink::{RetryConfig, SinkConfig, SinkKind, SinksConfig, alertmanager_body};
 pub use store::{
-    AlertFilter, AlertStore, Delivery, MAX_LIMIT, NewAlert, SinkCounts, Status, StatusChange,
-    StoredAlert,
+    AlertFilter, AlertStore, Delivery, MAX_LIMIT, NewAlert, RuleAlertCounts, SinkCounts, Status,
+    StatusChange, StoredAlert,
 };
-pub use tap::{RulesTap, TapCounts, TapStats};
+pub use tap::{RuleLoadError, RulesTap, TapCounts, TapStats};

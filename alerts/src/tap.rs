@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use ward_indexer::{IngestTap, ParsedRecord};
-use ward_rules::{Engine, RuleSet};
+use ward_rules::{Engine, LoadError, RuleSet};
 
 use crate::sink::SinksConfig;
 use crate::store::{AlertStore, NewAlert};
@@ -62,6 +62,33 @@ pub struct TapCounts {
 struct State {
     engine: Engine,
     seen: RecentIds,
+    /// Why rule documents of the last load were skipped.
+    load_errors: Vec<RuleLoadError>,
+}
+
+/// A rule document the last load skipped, as the dashboard and the API
+/// show it ([`LoadError`] holds an I/O error and cannot be kept as is).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleLoadError {
+    /// The file, or `builtin:<name>`.
+    pub source: String,
+    /// 1-based document of a multi-document file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    pub error: String,
+}
+
+impl From<&LoadError> for RuleLoadError {
+    fn from(e: &LoadError) -> RuleLoadError {
+        RuleLoadError {
+            source: e.source.to_string(),
+            document: e.document,
+            rule: e.rule.clone(),
+            error: e.error.to_string(),
+        }
+    }
 }
 
 /// Runs rules over ingested audit records and stores their alerts.
@@ -86,6 +113,7 @@ impl RulesTap {
             state: Mutex::new(State {
                 engine: Engine::new(rules),
                 seen: RecentIds::new(RECENT_IDS),
+                load_errors: Vec::new(),
             }),
             store,
             sinks,
@@ -99,6 +127,17 @@ impl RulesTap {
     pub fn replace_rules(&self, rules: RuleSet) {
         let mut state = self.lock();
         state.engine = Engine::new(rules);
+    }
+
+    /// Remembers why documents of the last load were skipped, for
+    /// [`RulesTap::load_errors`]; the loader calls it with every load.
+    pub fn set_load_errors(&self, errors: &[LoadError]) {
+        self.lock().load_errors = errors.iter().map(RuleLoadError::from).collect();
+    }
+
+    /// The documents the last load skipped, and why.
+    pub fn load_errors(&self) -> Vec<RuleLoadError> {
+        self.lock().load_errors.clone()
     }
 
     /// The rules running now (for a retro-hunt with the live rules).
@@ -138,7 +177,7 @@ impl RulesTap {
         let mut out = Vec::new();
         let (mut events, mut replayed) = (0u64, 0u64);
         let mut state = self.lock();
-        let State { engine, seen } = &mut *state;
+        let State { engine, seen, .. } = &mut *state;
         for record in batch {
             let hit = &record.hit;
             if hit.get("source").and_then(Value::as_str) != Some("audit") {

@@ -48,7 +48,7 @@ const DEFAULT_HUNT_ALERTS: usize = 10_000;
 /// A hunt window of an hour keeps memory bounded by one hour of audit events.
 const DEFAULT_WINDOW_SECS: i64 = 3600;
 
-fn alerts(state: &AppState) -> Result<&AlertsApi, ApiError> {
+pub(crate) fn alerts(state: &AppState) -> Result<&AlertsApi, ApiError> {
     state
         .options
         .alerts
@@ -258,7 +258,7 @@ fn parse_id(id: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("alert id {id:?} is not a number")))
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ward_alerts::Error> + Send + 'static,
 ) -> Result<T, ApiError> {
     Ok(tokio::task::spawn_blocking(f)

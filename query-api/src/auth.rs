@@ -55,9 +55,24 @@ pub enum Action {
     Alerts,
     /// Change alert status, run retro-hunts.
     Triage,
+    /// Ask who the token belongs to (any valid token may).
+    Whoami,
 }
 
 impl Action {
+    /// Every action, in the order the API documents them.
+    pub const ALL: [Action; 9] = [
+        Action::Ingest,
+        Action::Search,
+        Action::Aggregate,
+        Action::Timeline,
+        Action::Tail,
+        Action::Export,
+        Action::Alerts,
+        Action::Triage,
+        Action::Whoami,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Action::Ingest => "ingest",
@@ -68,6 +83,7 @@ impl Action {
             Action::Export => "export",
             Action::Alerts => "alerts",
             Action::Triage => "triage",
+            Action::Whoami => "whoami",
         }
     }
 }
@@ -104,6 +120,9 @@ impl Role {
 
     pub fn may(self, action: Action) -> bool {
         use Action as A;
+        if action == A::Whoami {
+            return true;
+        }
         match self {
             Role::Admin => true,
             Role::Ingest => action == A::Ingest,
@@ -363,5 +382,7 @@ mod tests {
         assert!(!Role::Viewer.may(Action::Export));
         assert!(!Role::Ingest.may(Action::Search));
         assert!(Role::Admin.may(Action::Ingest));
+        assert!(Role::Ingest.may(Action::Whoami));
+        assert!(!Role::Viewer.may(Action::Triage));
     }
 }

@@ -2,8 +2,9 @@
 //! collectors; search, aggregations, export, live tail and timelines for
 //! analysts (behind [`access`]: roles, scopes, rate limits, timeouts and
 //! the audit trail); alerts and retro-hunts (`alerts`); health, metrics,
-//! the OpenAPI document and the
-//! embedded dashboard.
+//! the rules listing and `whoami` (what a token may do) for the
+//! dashboard; the OpenAPI document and the embedded dashboard (served with
+//! a Content-Security-Policy that allows nothing from elsewhere).
 //!
 //! Handlers are thin: they parse parameters, call the store, and turn
 //! [`ApiError`] into a status code in one place ([`error`]).
@@ -16,11 +17,13 @@ mod error;
 mod export;
 mod ingest;
 mod metrics;
+mod rules;
 mod search;
 mod tail;
 mod timeline;
 pub mod tls;
 mod webhook;
+mod whoami;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -213,6 +216,14 @@ fn api_routes(state: AppState) -> Router<AppState> {
             "/api/v1/rules/hunt",
             post(alerts::hunt).layer(guard(Action::Triage, false)),
         )
+        .route(
+            "/api/v1/rules",
+            get(rules::list).layer(guard(Action::Alerts, false)),
+        )
+        .route(
+            "/api/v1/whoami",
+            get(whoami::whoami).layer(guard(Action::Whoami, false)),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
 }
@@ -247,9 +258,79 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
+/// What the dashboard's pages may load: only their own origin's scripts,
+/// styles, images and API. Nothing is fetched from elsewhere (the
+/// dashboard works without internet access), and an injected inline script
+/// or a framing page gets nowhere.
+const DASHBOARD_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; \
+     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
 async fn dashboard(uri: axum::http::Uri) -> Response {
     match ward_web::asset(uri.path()) {
-        Some(asset) => ([(header::CONTENT_TYPE, asset.content_type)], asset.bytes).into_response(),
+        Some(asset) => (
+            [
+                (header::CONTENT_TYPE, asset.content_type),
+                (header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::REFERRER_POLICY, "no-referrer"),
+                // Assets change with the binary; revalidate rather than
+                // run a stale script against a newer API.
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            asset.bytes,
+        )
+            .into_response(),
         None => ApiError::NotFound(uri.path().to_owned()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+    use ward_indexer::{Store, StoreConfig};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn dashboard_pages_carry_a_strict_content_security_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+        let app = router_with(store.clone(), ApiConfig::default(), ApiOptions::default());
+        for (uri, ty) in [
+            ("/", "text/html"),
+            ("/alerts", "text/html"),
+            ("/assets/app.js", "text/javascript"),
+            ("/assets/app.css", "text/css"),
+        ] {
+            let resp = app
+                .clone()
+                .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+            let h = resp.headers();
+            assert!(h["content-type"].to_str().unwrap().starts_with(ty), "{uri}");
+            let csp = h["content-security-policy"].to_str().unwrap();
+            assert!(csp.contains("default-src 'self'"), "{csp}");
+            assert!(!csp.contains("unsafe-inline"), "{csp}");
+            assert_eq!(h["x-content-type-options"], "nosniff");
+        }
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .uri("/assets/nope.js")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        store.shutdown().await;
     }
 }

@@ -511,6 +511,7 @@ async fn the_openapi_document_names_every_api_route() {
         "/api/v1/export",
         "/api/v1/tail",
         "/api/v1/timeline",
+        "/api/v1/whoami",
     ] {
         assert!(doc["paths"][path]["get"].is_object(), "{path}");
         // The route exists and is a GET.

@@ -54,13 +54,15 @@ pub fn start(data: &Path, detection: &Detection) -> anyhow::Result<Running> {
     let sinks = Arc::new(sinks);
     let dispatcher = Dispatcher::new(store.clone(), sinks.clone())?;
     let tap = if detection.builtin || !detection.rules.is_empty() {
-        let rules = load_rules(detection);
-        Some(Arc::new(RulesTap::new(
+        let (rules, errors) = load_rules(detection);
+        let tap = RulesTap::new(
             rules,
             store.clone(),
             sinks.clone(),
             Some(dispatcher.waker()),
-        )))
+        );
+        tap.set_load_errors(&errors);
+        Some(Arc::new(tap))
     } else {
         None
     };
@@ -78,12 +80,14 @@ pub fn start(data: &Path, detection: &Detection) -> anyhow::Result<Running> {
     })
 }
 
-fn load_rules(detection: &Detection) -> RuleSet {
+/// The rules, and why documents were skipped (kept on the tap for the
+/// rules listing of the API and dashboard).
+fn load_rules(detection: &Detection) -> (RuleSet, Vec<ward_rules::LoadError>) {
     let (rules, errors) = RuleSet::load_with_builtin(detection.builtin, &detection.rules);
     for e in &errors {
         tracing::warn!(source = %e.source, error = %e, "rule skipped");
     }
-    rules
+    (rules, errors)
 }
 
 /// Reloads the rules when a file under `detection.rules` changes, until
@@ -146,9 +150,10 @@ pub async fn watch_rules(
         while rx.try_recv().is_ok() {}
         let d = detection.clone();
         match tokio::task::spawn_blocking(move || load_rules(&d)).await {
-            Ok(rules) => {
+            Ok((rules, errors)) => {
                 let count = rules.len();
                 tap.replace_rules(rules);
+                tap.set_load_errors(&errors);
                 tracing::info!(rules = count, "rules reloaded");
             }
             Err(e) => tracing::error!(error = %e, "rule reload failed"),
