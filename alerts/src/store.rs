@@ -601,14 +601,26 @@ impl AlertStore {
     pub fn rule_counts(&self) -> Result<BTreeMap<String, RuleAlertCounts>, Error> {
         let txn = self.db.begin_read().map_err(db)?;
         let table = txn.open_table(ALERTS).map_err(db)?;
+        let versions = txn.open_table(RULE_VERSIONS).map_err(db)?;
         let mut out: BTreeMap<String, RuleAlertCounts> = BTreeMap::new();
+        let mut count = |rule_id: &str, status: Status| {
+            let counts = match out.get_mut(rule_id) {
+                Some(c) => c,
+                None => out.entry(rule_id.to_owned()).or_default(),
+            };
+            counts.alerts += 1;
+            if status == Status::Open {
+                counts.open += 1;
+            }
+        };
         for entry in table.iter().map_err(db)? {
             let (_, value) = entry.map_err(db)?;
-            let alert: StoredAlert = serde_json::from_slice(value.value())?;
-            let counts = out.entry(alert.rule_id).or_default();
-            counts.alerts += 1;
-            if alert.status == Status::Open {
-                counts.open += 1;
+            match Stored::decode(value.value())? {
+                Stored::Row(row) => {
+                    let version = self.version(&versions, row.rule)?;
+                    count(&version.rule_id, row.status);
+                }
+                Stored::Whole(alert) => count(&alert.rule_id, alert.status),
             }
         }
         Ok(out)
@@ -840,6 +852,22 @@ mod tests {
             3,
             "r2's version was found, not added"
         );
+        store.set_status(2, Status::Closed, "alice", None).unwrap();
+        let counts = store.rule_counts().unwrap();
+        assert_eq!(
+            counts["r1"],
+            RuleAlertCounts {
+                alerts: 51,
+                open: 50
+            }
+        );
+        assert_eq!(
+            counts["r2"],
+            RuleAlertCounts {
+                alerts: 51,
+                open: 51
+            }
+        );
     }
 
     /// Stores written by earlier releases (whole alerts as JSON, `&str`
@@ -911,6 +939,11 @@ mod tests {
             .unwrap();
         assert_eq!(new.len(), 1, "the old de-duplication key still counts");
         assert_eq!(new[0].id, 2);
+        assert_eq!(
+            store.rule_counts().unwrap()["r1"],
+            RuleAlertCounts { alerts: 2, open: 2 },
+            "old and new rows counted alike"
+        );
         let acked = store
             .set_status(1, Status::Acknowledged, "alice", None)
             .unwrap();
