@@ -36,6 +36,13 @@ pub enum Error {
     /// A retro-hunt could not read the index.
     #[error(transparent)]
     Index(#[from] ward_indexer::Error),
+    /// An alerts dump (`AlertStore::import`) is malformed; `line` counts
+    /// from 1.
+    #[error("alerts dump, line {line}: {reason}")]
+    Dump { line: u64, reason: String },
+    /// Reading or writing an alerts dump failed.
+    #[error("alerts dump i/o error: {0}")]
+    DumpIo(#[source] std::io::Error),
     /// A delivery could not be sent or was refused by the sink.
     #[error("delivery to sink {sink:?} failed: {reason}")]
     Delivery { sink: String, reason: String },

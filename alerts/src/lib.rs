@@ -6,7 +6,9 @@
 //!   stores the alerts it raises.
 //! - [`AlertStore`] keeps alerts (de-duplicated by rule and `auditID`, with
 //!   status and history) and the delivery queue in one embedded
-//!   transactional database.
+//!   transactional database; [`AlertStore::export`] writes all of it as
+//!   NDJSON from one read transaction (backups, `ward snapshot`) and
+//!   [`AlertStore::import`] makes a new store from that.
 //! - [`SinksConfig`] says which alerts go where (webhook, Alertmanager,
 //!   Slack-style), and [`Dispatcher`] delivers them, retrying with jittered
 //!   exponential backoff until the sink accepts.
@@ -43,7 +45,7 @@ pub use error::Error;
 pub use hunt::{HuntAlert, HuntReport, HuntRequest, hunt};
 pub use sink::{RetryConfig, SinkConfig, SinkKind, SinksConfig, alertmanager_body};
 pub use store::{
-    AlertFilter, AlertStore, Delivery, MAX_LIMIT, NewAlert, RuleAlertCounts, SinkCounts, Status,
-    StatusChange, StoredAlert,
+    AlertFilter, AlertStore, Delivery, DumpCounts, MAX_LIMIT, NewAlert, RuleAlertCounts,
+    SinkCounts, Status, StatusChange, StoredAlert,
 };
 pub use tap::{RuleLoadError, RulesTap, TapCounts, TapStats};

@@ -24,6 +24,11 @@
 //! transaction: after a crash there is never an alert without its
 //! deliveries, nor a delivery without its alert. A status change rewrites
 //! the alert and appends to its history in one transaction too.
+//!
+//! While the indexer runs, redb holds an exclusive lock on the file, and
+//! its bytes mid-commit are no consistent copy; backups therefore go
+//! through [`AlertStore::export`], an NDJSON dump written from one read
+//! transaction, and [`AlertStore::import`] (see `dump`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -35,6 +40,10 @@ use serde::{Deserialize, Serialize};
 use ward_rules::Level;
 
 use crate::error::{Error, db};
+
+mod dump;
+
+pub use dump::DumpCounts;
 
 const ALERTS: TableDefinition<u64, &[u8]> = TableDefinition::new("alerts");
 const DEDUP: TableDefinition<&[u8], u64> = TableDefinition::new("dedup_keys");
@@ -208,17 +217,49 @@ impl RuleVersion {
     /// key. It is persisted, so it must not depend on the Rust release
     /// (as `std`'s hasher may).
     fn fingerprint(a: &ward_rules::Alert) -> u64 {
-        let mut h = Fingerprint::default();
-        h.field(a.rule_id.as_bytes());
-        h.field(a.title.as_bytes());
-        h.field(a.level.as_str().as_bytes());
-        h.field(a.description.as_deref().unwrap_or("\u{0}none").as_bytes());
-        h.field(a.author.as_deref().unwrap_or("\u{0}none").as_bytes());
-        for tag in a.tags.iter() {
-            h.field(tag.as_bytes());
-        }
-        h.finish()
+        fingerprint_of(
+            &a.rule_id,
+            &a.title,
+            a.level,
+            a.description.as_deref(),
+            a.author.as_deref(),
+            &a.tags,
+        )
     }
+
+    /// The fingerprint of this version: the same as [`Self::fingerprint`]
+    /// of any alert it was made from (an import rebuilds the key from the
+    /// metadata a dump holds).
+    fn key(&self) -> u64 {
+        fingerprint_of(
+            &self.rule_id,
+            &self.title,
+            self.level,
+            self.description.as_deref(),
+            self.author.as_deref(),
+            &self.tags,
+        )
+    }
+}
+
+fn fingerprint_of(
+    rule_id: &str,
+    title: &str,
+    level: Level,
+    description: Option<&str>,
+    author: Option<&str>,
+    tags: &[String],
+) -> u64 {
+    let mut h = Fingerprint::default();
+    h.field(rule_id.as_bytes());
+    h.field(title.as_bytes());
+    h.field(level.as_str().as_bytes());
+    h.field(description.unwrap_or("\u{0}none").as_bytes());
+    h.field(author.unwrap_or("\u{0}none").as_bytes());
+    for tag in tags {
+        h.field(tag.as_bytes());
+    }
+    h.finish()
 }
 
 /// A word-at-a-time multiplicative hash: fast enough to run per alert,
@@ -788,7 +829,7 @@ mod tests {
 
     use super::*;
 
-    fn alert(rule: &str, audit_id: &str, level: Level) -> NewAlert {
+    pub(super) fn alert(rule: &str, audit_id: &str, level: Level) -> NewAlert {
         let (set, errors) = ward_rules::RuleSet::from_sources(&[(
             "t",
             format!(

@@ -64,7 +64,9 @@ impl ApiError {
                 | Alerts::MissingRuleVersion(_)
                 | Alerts::Io { .. }
                 | Alerts::Config { .. }
-                | Alerts::Delivery { .. },
+                | Alerts::Delivery { .. }
+                | Alerts::Dump { .. }
+                | Alerts::DumpIo(_),
             ) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
