@@ -12,19 +12,26 @@
 //!   "x.yml", "text": "<yaml>"}], "window_secs": 3600, "max_alerts": 1000}`:
 //!   runs rules (the indexer's live rules when none are given) over the
 //!   audit events indexed in `[start, end)` and returns the alerts without
-//!   storing them. Same token rule as status changes.
+//!   storing them. Same token rule as status changes;
+//! - `GET /api/v1/alerts/export`: the whole store as NDJSON
+//!   ([`AlertStore::export`]) for backups and `ward snapshot`; admin
+//!   tokens only (without a namespace scope: it is every alert).
 
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use chrono::TimeDelta;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use ward_alerts::{AlertFilter, AlertStore, HuntRequest, RulesTap, Status, StoredAlert};
 use ward_rules::Level;
 
+use crate::auth::Caller;
 use crate::search::parse_time;
 use crate::{ApiError, AppState};
 
@@ -238,6 +245,74 @@ pub(crate) async fn hunt(
         "alerts": report.alerts,
         "truncated": report.truncated,
     })))
+}
+
+/// `GET /api/v1/alerts/export`. The export runs on a blocking thread and
+/// writes into a channel of a few 64 KiB chunks that the response body
+/// reads: memory stays bounded whatever the store's size, and a slow
+/// client slows the export (its read transaction stays open meanwhile,
+/// which only delays reclaiming pages the writer frees). An export that
+/// fails midway ends the stream with an error, and the dump then lacks its
+/// end line, which an import refuses.
+pub(crate) async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    if caller.namespaces.is_some() {
+        return Err(ApiError::Forbidden(
+            "backup with a token limited to namespaces".into(),
+        ));
+    }
+    let store = alerts(&state)?.store.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter(tx.clone());
+        match store.export(&mut out) {
+            Ok(counts) => tracing::info!(
+                alerts = counts.alerts,
+                deliveries = counts.deliveries,
+                "alert store export finished"
+            ),
+            Err(ward_alerts::Error::DumpIo(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                tracing::info!("alert store export client went away");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "alert store export stopped");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"ward-alerts.ndjson\"",
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// The export's output: each write becomes a chunk of the response body,
+/// waiting while the channel is full.
+struct ChannelWriter(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// With tokens configured: the name of an analyst or admin token, or 401.
@@ -508,6 +583,72 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
+        f.store.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn export_streams_the_whole_store_to_admins_only() {
+        let f = setup(Some(
+            "collector:collector-token-1234567\nanalyst/alice:analyst-token-1234567\nadmin/ops:admin-token-123456789\nadmin/shop@shop:shop-admin-token-12345\n",
+        ));
+        ingest(&f.app, Some("collector-token-1234567")).await;
+        let (_, list) = call(
+            &f.app,
+            "GET",
+            "/api/v1/alerts",
+            Some("admin-token-123456789"),
+            None,
+        )
+        .await;
+        let count = list["count"].as_u64().unwrap();
+        assert!(count >= 1);
+        let id = list["alerts"][0]["id"].as_u64().unwrap();
+        let (status, _) = call(
+            &f.app,
+            "POST",
+            &format!("/api/v1/alerts/{id}/status"),
+            Some("analyst-token-1234567"),
+            Some(json!({"status": "acknowledged"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+
+        let get = |token: Option<&str>| {
+            let mut req = Request::builder().uri("/api/v1/alerts/export");
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            f.app.clone().oneshot(req.body(Body::empty()).unwrap())
+        };
+        let resp = get(Some("admin-token-123456789")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let lines: Vec<Value> = bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["format"], "ward-alerts");
+        assert_eq!(lines.last().unwrap()["end"]["alerts"], count);
+        let acked = lines.iter().find(|l| l["alert"]["id"] == id).unwrap();
+        assert_eq!(acked["alert"]["status"], "acknowledged");
+        assert_eq!(acked["alert"]["history"][1]["by"], "alice");
+        // What it streamed is a dump a new store can be made from.
+        let dir = tempfile::tempdir().unwrap();
+        let counts = AlertStore::import(&dir.path().join("alerts.redb"), &bytes[..]).unwrap();
+        assert_eq!(counts.alerts, count);
+
+        for (token, want) in [
+            (Some("analyst-token-1234567"), StatusCode::FORBIDDEN),
+            (Some("collector-token-1234567"), StatusCode::FORBIDDEN),
+            (Some("shop-admin-token-12345"), StatusCode::FORBIDDEN),
+            (None, StatusCode::UNAUTHORIZED),
+        ] {
+            assert_eq!(get(token).await.unwrap().status(), want, "{token:?}");
+        }
         f.store.shutdown().await;
     }
 

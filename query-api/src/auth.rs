@@ -15,7 +15,7 @@
 //! | ingest (`collector`, `audit-webhook`, `ingest`) | `POST /api/v1/ingest`, `POST /api/v1/k8s/audit` only |
 //! | viewer (`reader`, `viewer`) | search, aggregate, timeline, tail |
 //! | analyst | also export (and alert changes, retro-hunts) |
-//! | admin | everything, ingest included |
+//! | admin | everything, ingest and backups (`GET /api/v1/alerts/export`) included |
 //!
 //! A namespace scope limits what the token sees to container lines of
 //! those namespaces (`kubernetes.namespace`) and audit events about objects
@@ -57,11 +57,14 @@ pub enum Action {
     Triage,
     /// Ask who the token belongs to (any valid token may).
     Whoami,
+    /// Dump whole stores for a backup (the alert store export): every
+    /// alert of every namespace, so admin only.
+    Backup,
 }
 
 impl Action {
     /// Every action, in the order the API documents them.
-    pub const ALL: [Action; 9] = [
+    pub const ALL: [Action; 10] = [
         Action::Ingest,
         Action::Search,
         Action::Aggregate,
@@ -71,6 +74,7 @@ impl Action {
         Action::Alerts,
         Action::Triage,
         Action::Whoami,
+        Action::Backup,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,6 +88,7 @@ impl Action {
             Action::Alerts => "alerts",
             Action::Triage => "triage",
             Action::Whoami => "whoami",
+            Action::Backup => "backup",
         }
     }
 }
@@ -384,5 +389,7 @@ mod tests {
         assert!(Role::Admin.may(Action::Ingest));
         assert!(Role::Ingest.may(Action::Whoami));
         assert!(!Role::Viewer.may(Action::Triage));
+        assert!(Role::Admin.may(Action::Backup));
+        assert!(!Role::Analyst.may(Action::Backup));
     }
 }

@@ -205,6 +205,10 @@ fn api_routes(state: AppState) -> Router<AppState> {
             get(alerts::sinks).layer(guard(Action::Alerts, false)),
         )
         .route(
+            "/api/v1/alerts/export",
+            get(alerts::export).layer(guard(Action::Backup, true)),
+        )
+        .route(
             "/api/v1/alerts/{id}",
             get(alerts::get_one).layer(guard(Action::Alerts, false)),
         )

@@ -96,7 +96,7 @@ mod tests {
         assert_eq!(me["name"], "anonymous");
         assert_eq!(me["alerts"], false);
         let may = me["may"].as_object().unwrap();
-        assert_eq!(may.len(), 8);
+        assert_eq!(may.len(), 9);
         assert!(may.values().all(|v| v == true));
         store.shutdown().await;
     }
@@ -138,6 +138,7 @@ mod tests {
         assert_eq!(alice["namespaces"], Value::Null);
         assert_eq!(alice["may"]["triage"], true);
         assert_eq!(alice["may"]["export"], true);
+        assert_eq!(alice["may"]["backup"], false);
 
         let (status, collector) = whoami(&app, Some("collector-token-1234567")).await;
         assert_eq!(status, StatusCode::OK, "any valid token may ask");
