@@ -8,7 +8,17 @@
 //! files a commit names gives exactly that commit; if a merge deletes one
 //! of them during the copy, the partition is copied again from its newer
 //! commit.
+//!
+//! Stores this crate does not own go in beside the index through
+//! [`create_with`]: the caller hands over finished files (for `ward
+//! snapshot`, the alert store's NDJSON dump as `alerts.ndjson`, which
+//! `ward restore` imports again), and the manifest records their names,
+//! sizes and what they hold. The index crate never depends on the alerts
+//! crate; an extra file is just bytes to it. An extra file is taken at its
+//! own moment, not at the partitions' commits: each part is consistent on
+//! its own.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -25,6 +35,33 @@ use crate::schema::WardSchema;
 pub struct Manifest {
     pub created: String,
     pub partitions: Vec<PartitionManifest>,
+    /// Files added beside the index ([`create_with`]); absent in
+    /// snapshots of earlier releases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<ExtraManifest>,
+}
+
+/// A file a snapshot holds beside the index.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExtraManifest {
+    /// Its path in the snapshot, and in the restored data directory.
+    pub name: String,
+    pub bytes: u64,
+    /// What it holds, in its producer's words (e.g. `{"alerts": 12}`).
+    #[serde(default)]
+    pub counts: BTreeMap<String, u64>,
+}
+
+/// A finished file to add to a snapshot ([`create_with`]).
+#[derive(Debug, Clone)]
+pub struct Extra {
+    /// Its path in the snapshot: relative, outside `partitions/`, and not
+    /// the ledger's or the manifest's.
+    pub name: String,
+    /// Where its bytes are now.
+    pub path: PathBuf,
+    /// Recorded in the manifest.
+    pub counts: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +78,14 @@ const ATTEMPTS: usize = 20;
 /// Writes a snapshot of `data_dir` to `out` (through a temporary file, so
 /// `out` is either the whole snapshot or absent).
 pub fn create(data_dir: &Path, out: &Path) -> Result<Manifest, Error> {
+    create_with(data_dir, out, &[])
+}
+
+/// [`create`], with `extra` files added after the ledger.
+pub fn create_with(data_dir: &Path, out: &Path, extra: &[Extra]) -> Result<Manifest, Error> {
+    for e in extra {
+        check_extra_name(&e.name)?;
+    }
     let schema = WardSchema::new();
     let tmp = out.with_extension("partial");
     let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -50,6 +95,7 @@ pub fn create(data_dir: &Path, out: &Path) -> Result<Manifest, Error> {
     let mut manifest = Manifest {
         created: chrono::Utc::now().to_rfc3339(),
         partitions: Vec::new(),
+        extra: Vec::new(),
     };
     for day in partition::list(data_dir)? {
         manifest
@@ -64,6 +110,25 @@ pub fn create(data_dir: &Path, out: &Path) -> Result<Manifest, Error> {
         &jsonl(entries.iter().map(|(e, _)| e)),
     )
     .map_err(io)?;
+    for e in extra {
+        let mut file = File::open(&e.path).map_err(|err| Error::io(&e.path, err))?;
+        let bytes = file
+            .metadata()
+            .map_err(|err| Error::io(&e.path, err))?
+            .len();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes);
+        header.set_mode(0o640);
+        header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+        header.set_cksum();
+        tar.append_data(&mut header, &e.name, &mut file)
+            .map_err(|err| Error::io(&e.path, err))?;
+        manifest.extra.push(ExtraManifest {
+            name: e.name.clone(),
+            bytes,
+            counts: e.counts.clone(),
+        });
+    }
     let manifest_bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
     append_bytes(&mut tar, MANIFEST, &manifest_bytes).map_err(io)?;
     let encoder = tar.into_inner().map_err(io)?;
@@ -72,6 +137,24 @@ pub fn create(data_dir: &Path, out: &Path) -> Result<Manifest, Error> {
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, out).map_err(io)?;
     Ok(manifest)
+}
+
+/// An extra file may not hide or replace what the snapshot holds itself.
+fn check_extra_name(name: &str) -> Result<(), Error> {
+    let path = Path::new(name);
+    let plain = !name.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)));
+    let reserved = name == MANIFEST
+        || name == partition::LEDGER_FILE
+        || path.starts_with(partition::PARTITIONS_DIR);
+    if plain && !reserved {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(format!(
+            "{name:?} cannot be added to a snapshot: it must be a relative path outside {}/ and not {MANIFEST} or {}",
+            partition::PARTITIONS_DIR,
+            partition::LEDGER_FILE
+        )))
+    }
 }
 
 fn jsonl<'a>(entries: impl Iterator<Item = &'a chain::Entry>) -> Vec<u8> {
@@ -200,6 +283,8 @@ fn copy_partition<W: Write>(
 }
 
 /// Restores a snapshot into `data_dir`, which must not exist or be empty.
+/// Extra files ([`Manifest::extra`]) are restored under their names; what
+/// to do with them is the caller's business.
 pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<Manifest, Error> {
     if data_dir.exists()
         && std::fs::read_dir(data_dir)

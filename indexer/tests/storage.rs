@@ -633,10 +633,25 @@ async fn a_snapshot_taken_during_ingest_restores_intact() {
     let out = dir.path().join("snap.tar.zst");
     let data = dir.path().to_owned();
     let out2 = out.clone();
-    let manifest = tokio::task::spawn_blocking(move || snapshot::create(&data, &out2))
+    // Another store's dump rides along as an extra file.
+    let dump = dir.path().join("other.ndjson");
+    std::fs::write(&dump, "{\"x\":1}\n").unwrap();
+    let extra = vec![snapshot::Extra {
+        name: "other.ndjson".into(),
+        path: dump,
+        counts: [("things".to_string(), 1)].into_iter().collect(),
+    }];
+    let bad = snapshot::Extra {
+        name: "partitions/x".into(),
+        ..extra[0].clone()
+    };
+    assert!(snapshot::create_with(dir.path(), &out, &[bad]).is_err());
+    assert!(!out.exists());
+    let manifest = tokio::task::spawn_blocking(move || snapshot::create_with(&data, &out2, &extra))
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(manifest.extra[0].counts["things"], 1);
     let acked = writer.await.unwrap();
     assert_eq!(acked, 3000);
     let in_snapshot: u64 = manifest.partitions.iter().map(|p| p.records).sum();
@@ -645,7 +660,12 @@ async fn a_snapshot_taken_during_ingest_restores_intact() {
 
     let restored = tempfile::tempdir().unwrap();
     let target = restored.path().join("data");
-    snapshot::restore(&out, &target).unwrap();
+    let restored_manifest = snapshot::restore(&out, &target).unwrap();
+    assert_eq!(restored_manifest.extra[0].name, "other.ndjson");
+    assert_eq!(
+        std::fs::read_to_string(target.join("other.ndjson")).unwrap(),
+        "{\"x\":1}\n"
+    );
     let report = verify::verify(&target, None).unwrap();
     assert!(report.is_intact(), "{report:#?}");
     let store = Store::open(config(&target)).unwrap();
