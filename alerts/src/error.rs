@@ -48,6 +48,14 @@ pub enum Error {
     Delivery { sink: String, reason: String },
 }
 
+impl Error {
+    /// Whether opening the store failed because another process (a
+    /// running indexer) holds it: redb locks the file exclusively.
+    pub fn is_in_use(&self) -> bool {
+        matches!(self, Error::Db(e) if matches!(**e, redb::Error::DatabaseAlreadyOpen))
+    }
+}
+
 /// Any redb error type, as an [`Error`].
 pub(crate) fn db(e: impl Into<redb::Error>) -> Error {
     Error::Db(Box::new(e.into()))

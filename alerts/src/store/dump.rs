@@ -647,6 +647,9 @@ mod tests {
             assert!(!path.exists(), "{what}: nothing left behind");
             assert!(!path.with_extension("importing").exists(), "{what}");
         }
+        // An open store is locked: a backup must go through its holder.
+        let second = AlertStore::open(&dir.path().join("alerts.redb")).unwrap_err();
+        assert!(second.is_in_use(), "{second}");
         // An existing store is never overwritten.
         let existing = dir.path().join("alerts.redb");
         let err = AlertStore::import(&existing, text.as_bytes()).unwrap_err();
