@@ -1,6 +1,7 @@
 //! The storage commands against a real `ward indexer`: separate ingest and
-//! API listeners, `/metrics`, `ward snapshot` while the indexer runs,
-//! `ward restore`, and `ward verify` on intact and damaged data.
+//! API listeners, `/metrics`, `ward snapshot` while the indexer runs (the
+//! alert store included, taken through the API), `ward restore`, and `ward
+//! verify` on intact and damaged data.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,7 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use ward_e2e::{Client, Process, free_port, scrape, ward_bin};
+use serde_json::{Value, json};
+use ward_e2e::{Client, Process, fixtures, free_port, scrape, start_indexer, ward_bin};
 
 fn events(first: usize, n: usize, day: &str) -> String {
     (first..first + n)
@@ -97,17 +99,32 @@ fn listeners_metrics_snapshot_restore_and_verify() {
         300.0
     );
 
-    // A snapshot while the indexer runs.
+    // A snapshot while the indexer runs: its alert store is locked, so the
+    // alerts come through its API (no tokens here).
     let snap = dir.path().join("ward.snapshot");
-    let (ok, out) = ward(&["snapshot", "--data", path(&data), "--out", path(&snap)]);
+    let api_url = format!("http://127.0.0.1:{api_port}");
+    let (ok, out) = ward(&[
+        "snapshot",
+        "--data",
+        path(&data),
+        "--out",
+        path(&snap),
+        "--alerts-from",
+        &api_url,
+    ]);
     assert!(ok, "{out}");
-    // Two days of records, and today's partition of the audit trail.
+    // Two days of records, and today's partition of the audit trail; no
+    // audit events, so no alerts.
     let counts: Vec<u64> = out
+        .rsplit_once(": ")
+        .unwrap()
+        .1
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|n| n.parse().ok())
         .collect();
-    let (partitions, records) = (counts[counts.len() - 2], counts[counts.len() - 1]);
+    let (partitions, records) = (counts[0], counts[1]);
     assert!(partitions >= 2 && records >= 300, "{out}");
+    assert!(out.contains(", 0 alerts"), "{out}");
     indexer.stop();
 
     let (ok, out) = ward(&["verify", "--data", path(&data), "--hmac-key", path(&key)]);
@@ -171,4 +188,181 @@ fn listeners_metrics_snapshot_restore_and_verify() {
     assert!(!ok, "{out}");
     assert!(out.contains("2026-11-21  unreadable"), "{out}");
     assert!(out.contains("2026-11-20  intact"), "{out}");
+}
+
+const COLLECTOR: &str = "collector-token-1234567";
+const ANALYST: &str = "analyst-token-1234567";
+const ADMIN: &str = "admin-token-123456789";
+
+/// An EventList of the first event of each Falco trace named.
+fn event_list(traces: &[&str]) -> String {
+    let items: Vec<Value> = traces
+        .iter()
+        .map(|t| {
+            let text = std::fs::read_to_string(fixtures().join("falco-traces").join(t)).unwrap();
+            serde_json::from_str(text.lines().next().unwrap()).unwrap()
+        })
+        .collect();
+    json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items}).to_string()
+}
+
+fn post_audit(client: &Client, body: &str) {
+    let resp = client
+        .http()
+        .post(format!("{}/api/v1/k8s/audit?cluster=e2e", client.base))
+        .header("content-type", "application/json")
+        .bearer_auth(COLLECTOR)
+        .body(body.to_owned())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().unwrap());
+}
+
+/// Every alert, oldest first, as an admin sees them.
+fn all_alerts(client: &Client) -> Vec<Value> {
+    let body: Value = client
+        .http()
+        .get(format!("{}/api/v1/alerts?limit=10000", client.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut alerts = body["alerts"].as_array().unwrap().clone();
+    alerts.reverse();
+    alerts
+}
+
+#[test]
+fn alerts_statuses_and_dedup_survive_snapshot_and_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        format!("collector:{COLLECTOR}\nanalyst/alice:{ANALYST}\nadmin/ops:{ADMIN}\n"),
+    )
+    .unwrap();
+    let admin_token = dir.path().join("admin.token");
+    std::fs::write(&admin_token, format!("{ADMIN}\n")).unwrap();
+    let analyst_token = dir.path().join("analyst.token");
+    std::fs::write(&analyst_token, ANALYST).unwrap();
+    let token_args = ["--tokens".to_string(), path(&tokens).to_owned()];
+
+    let port = free_port();
+    let mut indexer = start_indexer("indexer", dir.path(), port, &token_args);
+    let url = format!("http://127.0.0.1:{port}");
+    let client = Client::new(&url).with_token(ADMIN);
+    client.wait_healthy(Duration::from_secs(60));
+    let events = event_list(&[
+        "exec_pod.json",
+        "create_nginx_pod_privileged.json",
+        "create_kube_system_secret.json",
+    ]);
+    post_audit(&client, &events);
+    let before = all_alerts(&client);
+    assert!(before.len() >= 2, "{before:?}");
+
+    // Alice acknowledges one.
+    let id = before[0]["id"].as_u64().unwrap();
+    let changed: Value = client
+        .http()
+        .post(format!("{url}/api/v1/alerts/{id}/status"))
+        .bearer_auth(ANALYST)
+        .json(&json!({"status": "acknowledged", "comment": "looking at it"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(changed["status"], "acknowledged", "{changed}");
+    let before = all_alerts(&client);
+
+    // The running indexer locks its alert store: a plain snapshot says
+    // what to do instead of leaving the alerts out.
+    let data = dir.path().join("data");
+    let snap = dir.path().join("alerts.snapshot");
+    let plain = Command::new(ward_bin())
+        .args(["snapshot", "--data", path(&data), "--out", path(&snap)])
+        .output()
+        .unwrap();
+    assert!(!plain.status.success());
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        stderr.contains("--alerts-from") && stderr.contains("--no-alerts"),
+        "{stderr}"
+    );
+    assert!(!snap.exists());
+    // An analyst's token may not take a backup.
+    let (ok, out) = ward(&[
+        "snapshot",
+        "--data",
+        path(&data),
+        "--out",
+        path(&snap),
+        "--alerts-from",
+        &url,
+        "--token-file",
+        path(&analyst_token),
+    ]);
+    assert!(!ok && out.contains("403"), "{out}");
+    assert!(!snap.exists());
+
+    let (ok, out) = ward(&[
+        "snapshot",
+        "--data",
+        path(&data),
+        "--out",
+        path(&snap),
+        "--alerts-from",
+        &url,
+        "--token-file",
+        path(&admin_token),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!(", {} alerts", before.len())), "{out}");
+    indexer.stop();
+
+    // Restore elsewhere and serve it.
+    let elsewhere = dir.path().join("elsewhere");
+    let (ok, out) = ward(&[
+        "restore",
+        "--snapshot",
+        path(&snap),
+        "--data",
+        path(&elsewhere.join("data")),
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(", {} alerts into", before.len())),
+        "{out}"
+    );
+    assert!(elsewhere.join("data/alerts.redb").exists());
+    assert!(!elsewhere.join("data/alerts.ndjson").exists());
+    let port = free_port();
+    let mut restored = start_indexer("restored", &elsewhere, port, &token_args);
+    let client = Client::new(format!("http://127.0.0.1:{port}")).with_token(ADMIN);
+    client.wait_healthy(Duration::from_secs(60));
+    let after = all_alerts(&client);
+    assert_eq!(after, before, "every alert, status and history as it was");
+    let acked = after.iter().find(|a| a["id"] == id).unwrap();
+    assert_eq!(acked["status"], "acknowledged");
+    let history = acked["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1]["by"], "alice");
+    assert_eq!(history[1]["comment"], "looking at it");
+    assert!(history[1]["at"].as_str().unwrap().starts_with("20"));
+
+    // The same events again raise nothing: the de-duplication keys came along.
+    post_audit(&client, &events);
+    assert_eq!(all_alerts(&client), before);
+    // New events raise alerts with ids after the restored ones.
+    post_audit(&client, &event_list(&["attach_cluster_admin_role.json"]));
+    let more = all_alerts(&client);
+    assert!(more.len() > before.len(), "{more:?}");
+    let max_before = before.iter().map(|a| a["id"].as_u64().unwrap()).max();
+    assert!(
+        more[before.len()..]
+            .iter()
+            .all(|a| a["id"].as_u64() > max_before)
+    );
+    restored.stop();
 }

@@ -7,6 +7,7 @@ mod demo;
 mod detect;
 mod search;
 mod serve;
+mod snapshot;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,10 +47,10 @@ enum Command {
     Rules(RulesCommand),
     /// Check the data directory's hash chains against the stored events.
     Verify(VerifyArgs),
-    /// Write a consistent copy of a data directory (also while the indexer runs).
-    Snapshot(SnapshotArgs),
-    /// Restore a snapshot into a new data directory.
-    Restore(RestoreArgs),
+    /// Write a consistent copy of a data directory, alerts included (also while the indexer runs).
+    Snapshot(snapshot::SnapshotArgs),
+    /// Restore a snapshot (index and alerts) into a new data directory.
+    Restore(snapshot::RestoreArgs),
 }
 
 #[derive(Debug, Args)]
@@ -63,26 +64,6 @@ struct VerifyArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Debug, Args)]
-struct SnapshotArgs {
-    /// The indexer's data directory.
-    #[arg(long)]
-    data: PathBuf,
-    /// The snapshot file to write (a zstd-compressed tar).
-    #[arg(long)]
-    out: PathBuf,
-}
-
-#[derive(Debug, Args)]
-struct RestoreArgs {
-    /// The snapshot file.
-    #[arg(long)]
-    snapshot: PathBuf,
-    /// The data directory to create (must not exist, or be empty).
-    #[arg(long)]
-    data: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -368,29 +349,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 serve::run_indexer(indexer, serve::shutdown_signal()).await
             }
             Command::Verify(args) => verify(&args),
-            Command::Snapshot(args) => {
-                let manifest = ward_indexer::snapshot::create(&args.data, &args.out)
-                    .context("snapshot failed")?;
-                let records: u64 = manifest.partitions.iter().map(|p| p.records).sum();
-                println!(
-                    "snapshot {}: {} partitions, {records} records",
-                    args.out.display(),
-                    manifest.partitions.len()
-                );
-                Ok(())
-            }
-            Command::Restore(args) => {
-                let manifest = ward_indexer::snapshot::restore(&args.snapshot, &args.data)
-                    .context("restore failed")?;
-                println!(
-                    "restored {} partitions into {} (snapshot of {}); run `ward verify --data {}`",
-                    manifest.partitions.len(),
-                    args.data.display(),
-                    manifest.created,
-                    args.data.display()
-                );
-                Ok(())
-            }
+            Command::Snapshot(args) => snapshot::snapshot(args).await,
+            Command::Restore(args) => snapshot::restore(&args),
             Command::Collector(args) => {
                 ward_collector::run((*args).into_config()?, serve::shutdown_signal())
                     .await
