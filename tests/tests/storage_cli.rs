@@ -320,6 +320,11 @@ fn alerts_statuses_and_dedup_survive_snapshot_and_restore() {
     assert!(ok, "{out}");
     assert!(out.contains(&format!(", {} alerts", before.len())), "{out}");
     indexer.stop();
+    // Stopped, the indexer's store is read directly.
+    let offline = dir.path().join("offline.snapshot");
+    let (ok, out) = ward(&["snapshot", "--data", path(&data), "--out", path(&offline)]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!(", {} alerts", before.len())), "{out}");
 
     // Restore elsewhere and serve it.
     let elsewhere = dir.path().join("elsewhere");
