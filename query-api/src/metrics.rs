@@ -101,6 +101,12 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         state.store.num_docs(),
     );
     metric(
+        "ward_indexer_queries_cancelled_total",
+        "counter",
+        "Searches and aggregations stopped early because their request timed out or its client left.",
+        get(&stats.queries_cancelled),
+    );
+    metric(
         "ward_api_refusals_total",
         "counter",
         "API requests refused (401, 403, 429).",

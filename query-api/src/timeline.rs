@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use ward_alerts::{AlertFilter, Status, StoredAlert};
 use ward_indexer::document::lookup;
-use ward_indexer::{SearchHit, SearchRequest, SortOrder};
+use ward_indexer::{Cancel, SearchHit, SearchRequest, SortOrder};
 
 use crate::auth::Caller;
 use crate::search::parse_time;
@@ -158,6 +158,8 @@ pub(crate) async fn timeline(
     params: Result<Query<TimelineParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TimelineResponse>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let cancel = Cancel::new();
+    let _cancel_on_drop = cancel.on_drop();
     let request = SearchRequest {
         query: entity_query(&params.entity)?,
         start: parse_time("start", params.start.as_deref())?,
@@ -166,6 +168,7 @@ pub(crate) async fn timeline(
         order: SortOrder::Oldest,
         cursor: params.cursor,
         namespaces: caller.namespaces.clone(),
+        cancel,
     };
     let page = state.store.search(request).await?;
     caller.record_count(page.hits.len() as u64);

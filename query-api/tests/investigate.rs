@@ -666,3 +666,72 @@ async fn refused_requests_are_in_the_audit_trail_within_bounds() {
     );
     store.shutdown().await;
 }
+
+/// A request that times out answers 503, and its search or aggregation on
+/// the blocking pool stops instead of running on (counted in
+/// `ward_indexer_queries_cancelled_total`).
+#[tokio::test]
+async fn timed_out_queries_stop_their_blocking_work() {
+    // Enough records that a query takes longer than the timer's first tick.
+    let (_dir, store) = store_with(vec![]).await;
+    for chunk in 0..24 {
+        let batch = (0..5_000)
+            .map(|i| {
+                let n = chunk * 5_000 + i;
+                audit(n, &format!("u{}", n % 50), "get", "shop", None)
+            })
+            .collect();
+        store.ingest(batch).await.unwrap();
+    }
+    let app = router_with(
+        store.clone(),
+        ApiConfig {
+            // Times out at the first wait: the handler has handed the query
+            // to the blocking pool and is dropped right away.
+            request_timeout: Duration::ZERO,
+            ..quiet()
+        },
+        ApiOptions::default(),
+    );
+    let cancelled = || {
+        store
+            .stats()
+            .queries_cancelled
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    for (n, uri) in [
+        "/api/v1/aggregate?terms=user.username&histogram=1m",
+        "/api/v1/search?q=verb:get",
+        "/api/v1/timeline?entity=ip:10.0.0.0/8",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, body) = call(&app, get(uri)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {body}");
+        let mut waited = 0;
+        while cancelled() < n as u64 + 1 && waited < 100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        assert_eq!(
+            cancelled(),
+            n as u64 + 1,
+            "{uri}: the blocking work stopped"
+        );
+    }
+    let (_, metrics) = call(&app, get("/metrics")).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("ward_indexer_queries_cancelled_total 3"),
+        "{metrics}"
+    );
+    // Without the timeout the same request answers.
+    let app = router_with(store.clone(), quiet(), ApiOptions::default());
+    let (status, body) = call(&app, get("/api/v1/aggregate?terms=user.username")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["total"], 120_000);
+    store.shutdown().await;
+}
