@@ -109,20 +109,46 @@ class Server:
                 return ids
 
 
+# Values Sigma matches case-insensitively; the "shouting" corpus has them in
+# upper case, so that both sides are held to the same case rules.
+SHOUTED = [
+    ("verb",),
+    ("objectRef", "resource"),
+    ("objectRef", "subresource"),
+    ("objectRef", "namespace"),
+    ("objectRef", "apiGroup"),
+    ("requestURI",),
+    ("userAgent",),
+]
+
+
+def shout(event: dict) -> dict:
+    for path in SHOUTED:
+        parent = event
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and isinstance(parent.get(path[-1]), str):
+            parent[path[-1]] = parent[path[-1]].upper()
+    return event
+
+
 def rewrite_corpora(out: Path) -> list[Corpus]:
     corpora = []
-    for name, rel in CORPORA:
-        source = shared_fixtures() / rel
+    sources = [(name, shared_fixtures() / rel, False) for name, rel in CORPORA]
+    sources += [("shouting", shared_fixtures() / rel, True) for _, rel in CORPORA[:2]]
+    lines_of: dict[str, list[str]] = {}
+    for name, source, shouted in sources:
         lines = [line for line in source.read_text().splitlines() if line.strip()]
-        ids = []
-        rewritten = []
-        for n, line in enumerate(lines, start=1):
+        for line in lines:
             event = json.loads(line)
+            lines_of.setdefault(name, []).append(shout(event) if shouted else event)
+    for name, events in lines_of.items():
+        ids = []
+        for n, event in enumerate(events, start=1):
             event["auditID"] = f"{name}-L{n}"
             ids.append(event["auditID"])
-            rewritten.append(json.dumps(event))
         path = out / f"{name}.jsonl"
-        path.write_text("\n".join(rewritten) + "\n")
+        path.write_text("\n".join(json.dumps(e) for e in events) + "\n")
         corpora.append(Corpus(name, path, ids))
     return corpora
 

@@ -5,7 +5,9 @@ rule engine (`ward rules test`) alerts on for the same rules and events.
 The Lucene text is what `sigma convert -t lucene` prints (same backend, no
 processing pipeline: the rules already use audit-event field names), with
 its escaping (`kube\\-system`, `*\\/bin\\/sh*`) and grouped values
-(`verb:(create OR delete)`). Both sides are also held to
+(`verb:(create OR delete)`). Falco's and Panther's events are loaded a
+second time with the matched values in upper case (Sigma matches strings
+case-insensitively). Both sides are also held to
 EXPECTED_SIGMA_HITS.txt, computed by two independent Sigma evaluators, so a
 bug shared by the engine and the query language still fails.
 """
@@ -84,4 +86,7 @@ def test_lucene_query_finds_what_the_engine_finds(server, rule):
         f"{rule.name}\nquery: {query}\n"
         f"only search: {sorted(found - engine)}\nonly engine: {sorted(engine - found)}"
     )
-    assert engine == expected, f"{rule.name}: engine {sorted(engine)} != expected {sorted(expected)}"
+    originals = {i for i in engine if not i.startswith("shouting-")}
+    assert originals == expected, (
+        f"{rule.name}: engine {sorted(originals)} != expected {sorted(expected)}"
+    )
