@@ -209,10 +209,10 @@ pub(crate) fn record_refusal(state: &AppState, refusal: Refusal<'_>) {
         caller: refusal.caller.name().to_owned(),
         status: refusal.status,
     };
+    trail.start_flusher(state);
     if !trail.admit(key) {
         return;
     }
-    trail.start_flusher(state);
     let client = refusal.client.map(|a| a.to_string());
     let record = audit_record(&AuditEntry {
         caller: refusal.caller,
