@@ -25,6 +25,7 @@ use tantivy::aggregation::{
 use tantivy::collector::Count;
 use tantivy::tokenizer::TokenizerManager;
 
+use crate::cancel::{Cancel, Cancellable};
 use crate::schema::{KEYWORD_COLUMNS, TIMESTAMP, WardSchema};
 use crate::{Error, Store};
 
@@ -53,6 +54,8 @@ pub struct AggregateRequest {
     pub histogram: Option<Interval>,
     /// (dotted keyword field, top N).
     pub terms: Option<(String, usize)>,
+    /// Stops the aggregation early once cancelled (see [`crate::cancel`]).
+    pub cancel: Cancel,
 }
 
 #[derive(Debug, Serialize)]
@@ -265,9 +268,13 @@ impl Store {
                 parsed.clone(),
                 AggContextParams::new(limits.clone(), TokenizerManager::default()),
             );
+            let collector = Cancellable {
+                inner: (Count, collector),
+                cancel: &request.cancel,
+            };
             let (count, fruit) = searcher
-                .search(&query, &(Count, collector))
-                .map_err(budget_error)?;
+                .search(&query, &collector)
+                .map_err(|e| self.cancelled_or(&request.cancel, budget_error(e)))?;
             total += count as u64;
             match &mut merged {
                 None => merged = Some(fruit),

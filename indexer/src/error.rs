@@ -20,6 +20,10 @@ pub enum Error {
     /// The writer is shutting down or gone; the sender should retry later.
     #[error("the index writer is not accepting batches: {0}")]
     Unavailable(String),
+    /// The request was cancelled (timed out, or its client went away)
+    /// before the query finished.
+    #[error("the query was cancelled")]
+    Cancelled,
     #[error("index error: {0}")]
     Tantivy(#[from] tantivy::TantivyError),
     #[error("i/o error on {path}: {source}")]

@@ -14,6 +14,7 @@
 //! - [`tail`]: live tail of committed records;
 //! - [`partition`]: one tantivy index per UTC day, and the data directory's layout;
 //! - [`aggregate`]: date histograms and terms top-N within a budget;
+//! - [`cancel`]: cooperative cancellation of queries whose request timed out;
 //! - [`chain`]: per-partition hash chains and the ledger (tamper evidence);
 //! - [`verify`]: recomputes the chains from the stored records;
 //! - [`snapshot`]: consistent copies while the indexer runs, and restore;
@@ -27,6 +28,7 @@
 //! fsynced before the commit they describe; see [`chain`].
 
 pub mod aggregate;
+pub mod cancel;
 pub mod chain;
 pub mod compile;
 pub mod document;
@@ -41,6 +43,7 @@ pub mod store;
 pub mod tail;
 pub mod verify;
 
+pub use cancel::Cancel;
 pub use document::ParsedRecord;
 pub use error::Error;
 pub use page::SortOrder;

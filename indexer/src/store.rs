@@ -43,6 +43,7 @@ use tantivy::{DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Tantivy
 use tokio::sync::oneshot;
 use ward_event::wire::DecodedRecord;
 
+use crate::cancel::{Cancel, Cancellable};
 use crate::chain::{self, ChainFile, CommitPayload, Digest32, EntryBody, HmacKey};
 use crate::document::ParsedRecord;
 use crate::page::{Cursor, PageCollector, SortOrder};
@@ -155,6 +156,8 @@ pub struct SearchRequest {
     /// When set, only records of these namespaces (container logs by
     /// `kubernetes.namespace`, audit events by `objectRef.namespace`).
     pub namespaces: Option<Vec<String>>,
+    /// Stops the search early once cancelled (see [`crate::cancel`]).
+    pub cancel: Cancel,
 }
 
 impl SearchRequest {
@@ -200,6 +203,9 @@ pub struct StoreStats {
     pub disk_bytes: AtomicU64,
     /// Searchable segments over all partitions (after the last commit).
     pub segments: AtomicU64,
+    /// Searches, pages and aggregations stopped because their request was
+    /// cancelled (timed out, or its client went away).
+    pub queries_cancelled: AtomicU64,
 }
 
 /// What the writer answers for one batch: (duplicates, expired) or why it failed.
@@ -527,9 +533,15 @@ impl Store {
             order: request.order,
             after: cursor.map(|c| c.rank()),
         };
+        let collector = Cancellable {
+            inner: collector,
+            cancel: &request.cancel,
+        };
         let mut fruits = Vec::with_capacity(searchers.len());
         for (i, searcher) in searchers.iter().enumerate() {
-            let (count, after, hits) = searcher.search(&query, &collector)?;
+            let (count, after, hits) = searcher
+                .search(&query, &collector)
+                .map_err(|e| self.cancelled_or(&request.cancel, e.into()))?;
             // Each hit keeps the partition it came from.
             fruits.push((
                 count,
@@ -557,7 +569,10 @@ impl Store {
             })
             .flatten();
         let mut hits = Vec::with_capacity(candidates.len());
-        for (_, address, i) in candidates {
+        for (n, (_, address, i)) in candidates.into_iter().enumerate() {
+            if n % 256 == 255 && request.cancel.is_cancelled() {
+                return Err(self.cancelled_or(&request.cancel, Error::Cancelled));
+            }
             let doc: TantivyDocument = searchers[i].doc(address)?;
             let bytes = doc
                 .get_first(schema.source_doc)
@@ -573,6 +588,20 @@ impl Store {
             hits,
             cursor: next,
         })
+    }
+
+    /// `Error::Cancelled` (counted) when the request was cancelled, else `e`.
+    pub(crate) fn cancelled_or(&self, cancel: &Cancel, e: Error) -> Error {
+        if cancel.is_cancelled() {
+            self.inner
+                .stats
+                .queries_cancelled
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("query cancelled");
+            Error::Cancelled
+        } else {
+            e
+        }
     }
 
     /// Number of records visible to search.

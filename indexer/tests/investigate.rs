@@ -359,3 +359,89 @@ async fn tail_sees_committed_matches_only() {
     assert_eq!(id_of(&hits[0]).0, "x4");
     store.shutdown().await;
 }
+
+/// A cancelled request stops with `Error::Cancelled` (counted), whether it
+/// was cancelled before it started, by its deadline, or by another thread
+/// while it ran; an uncancelled one gives the full answer.
+#[tokio::test]
+async fn cancelled_queries_stop_early() {
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+    use ward_indexer::Cancel;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    const RECORDS: u64 = 100_000;
+    for chunk in 0..20 {
+        let batch = (0..5_000)
+            .map(|i| {
+                let n = chunk * 5_000 + i;
+                let verb = ["get", "list", "watch", "create"][n as usize % 4];
+                record(&format!("c{n}"), T0 + n, 0, verb, "a")
+            })
+            .collect();
+        store.ingest(batch).await.unwrap();
+    }
+    let terms = |cancel: Cancel| AggregateRequest {
+        query: "*".into(),
+        terms: Some(("verb".into(), 10)),
+        histogram: Some(Interval::Fixed(Duration::from_secs(60))),
+        cancel,
+        ..AggregateRequest::default()
+    };
+    // The uncancelled time, warm (the first run also opens the columns).
+    let mut uncancelled = Duration::MAX;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let full = store.aggregate_blocking(&terms(Cancel::new())).unwrap();
+        uncancelled = uncancelled.min(t0.elapsed());
+        assert_eq!(full.total, RECORDS);
+    }
+    assert_eq!(store.stats().queries_cancelled.load(Ordering::Relaxed), 0);
+
+    let cancelled = Cancel::new();
+    cancelled.cancel();
+    assert!(matches!(
+        store.aggregate_blocking(&terms(cancelled.clone())),
+        Err(Error::Cancelled)
+    ));
+    let search = SearchRequest {
+        query: "verb:get".into(),
+        limit: 10,
+        cancel: cancelled,
+        ..SearchRequest::default()
+    };
+    assert!(matches!(
+        store.search_blocking(&search),
+        Err(Error::Cancelled)
+    ));
+    let past = Cancel::with_deadline(Instant::now());
+    assert!(matches!(
+        store.aggregate_blocking(&terms(past)),
+        Err(Error::Cancelled)
+    ));
+    assert_eq!(store.stats().queries_cancelled.load(Ordering::Relaxed), 3);
+
+    // Cancelled by another thread once the aggregation is under way: it
+    // stops soon after, having collected only part of the matches.
+    let cancel = Cancel::new();
+    let canceller = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            while cancel.visited() == 0 {
+                std::hint::spin_loop();
+            }
+            cancel.cancel();
+        })
+    };
+    let outcome = store.aggregate_blocking(&terms(cancel.clone()));
+    canceller.join().unwrap();
+    assert!(matches!(outcome, Err(Error::Cancelled)), "{outcome:?}");
+    assert!(
+        cancel.visited() < RECORDS / 2,
+        "collected {} of {RECORDS} matches (full run: {uncancelled:?})",
+        cancel.visited()
+    );
+    assert_eq!(store.stats().queries_cancelled.load(Ordering::Relaxed), 4);
+    store.shutdown().await;
+}

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use serde::Deserialize;
+use ward_indexer::Cancel;
 use ward_indexer::aggregate::{AggregateRequest, AggregateResponse, parse_interval};
 
 use crate::auth::Caller;
@@ -39,6 +40,8 @@ pub(crate) async fn aggregate(
     if histogram.is_none() && terms.is_none() && params.size.is_some() {
         return Err(ApiError::BadRequest("size needs terms=<field>".into()));
     }
+    let cancel = Cancel::new();
+    let _cancel_on_drop = cancel.on_drop();
     let request = AggregateRequest {
         query: params.q,
         start: parse_time("start", params.start.as_deref())?,
@@ -46,6 +49,7 @@ pub(crate) async fn aggregate(
         namespaces: caller.namespaces.clone(),
         histogram,
         terms,
+        cancel,
     };
     let response = state.store.aggregate(request).await?;
     caller.record_count(response.total);

@@ -447,6 +447,85 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn timelines_hold_the_alerts_their_events_raised() {
+        let f = setup(None);
+        ingest(&f.app, None).await;
+        let event: Value = serde_json::from_str(&exec_event_list()).unwrap();
+        let event = &event["items"][0];
+        let user = event["user"]["username"].as_str().unwrap();
+        let audit_id = event["auditID"].as_str().unwrap();
+        let pod = format!(
+            "{}/{}",
+            event["objectRef"]["namespace"].as_str().unwrap(),
+            event["objectRef"]["name"].as_str().unwrap()
+        );
+        let (_, list) = call(&f.app, "GET", "/api/v1/alerts", None, None).await;
+        let raised = list["count"].as_u64().unwrap();
+        assert!(raised >= 1, "{list}");
+        let exec_id = list["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["title"].as_str().unwrap().to_lowercase().contains("exec"))
+            .unwrap()["id"]
+            .clone();
+        call(
+            &f.app,
+            "POST",
+            &format!("/api/v1/alerts/{exec_id}/status"),
+            None,
+            Some(json!({"status": "acknowledged", "by": "bob"})),
+        )
+        .await;
+
+        for entity in [format!("user:{user}"), format!("pod:{pod}")] {
+            let uri = format!("/api/v1/timeline?entity={}", urlencode(&entity));
+            let (status, body) = call(&f.app, "GET", &uri, None, None).await;
+            assert_eq!(status, StatusCode::OK, "{entity}: {body}");
+            assert_eq!(body["total"], 1, "{entity}: {body}");
+            let alerts = body["alerts"].as_array().unwrap();
+            assert_eq!(
+                alerts.len() as u64,
+                raised,
+                "every alert of the event: {body}"
+            );
+            let exec = alerts.iter().find(|a| a["id"] == exec_id).unwrap();
+            assert_eq!(exec["status"], "acknowledged", "current triage status");
+            assert_eq!(exec["audit_ids"], json!([audit_id]));
+            for key in ["rule_id", "title", "level", "timestamp", "event_ids"] {
+                assert!(!exec[key].is_null(), "{key} in {exec}");
+            }
+            let times: Vec<&str> = alerts
+                .iter()
+                .map(|a| a["timestamp"].as_str().unwrap())
+                .collect();
+            assert!(times.windows(2).all(|w| w[0] <= w[1]), "oldest first");
+        }
+        // Another entity's timeline holds neither the event nor its alerts.
+        let (status, other) = call(
+            &f.app,
+            "GET",
+            "/api/v1/timeline?entity=user:nobody",
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(other["alerts"], json!([]));
+    }
+
+    fn urlencode(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
     async fn ingest_raises_alerts_that_list_filter_and_change_status() {
         let f = setup(None);
         ingest(&f.app, None).await;

@@ -45,7 +45,7 @@ impl ApiError {
             Store::Query { .. } | Store::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Store::Wire(Wire::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Store::Wire(_) => StatusCode::BAD_REQUEST,
-            Store::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Store::Unavailable(_) | Store::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
             Store::Budget(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Store::Tantivy(_) | Store::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }

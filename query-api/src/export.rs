@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
-use ward_indexer::{SearchRequest, SortOrder};
+use ward_indexer::{Cancel, SearchRequest, SortOrder};
 
 use crate::auth::Caller;
 use crate::search::parse_time;
@@ -77,6 +77,7 @@ pub(crate) async fn export(
         order: SortOrder::Oldest,
         cursor: None,
         namespaces: caller.namespaces.clone(),
+        cancel: Cancel::new(),
     };
     // A bad query is a 400, not a broken stream.
     state.store.check_query(&request.query)?;
@@ -92,7 +93,16 @@ pub(crate) async fn export(
             }
         }
         loop {
-            let page = match store.page(request.clone(), false).await {
+            let page = tokio::select! {
+                page = store.page(request.clone(), false) => page,
+                () = tx.closed() => {
+                    // The client went away mid-page: stop the page's search.
+                    request.cancel.cancel();
+                    tracing::info!(sent, "export client went away");
+                    return;
+                }
+            };
+            let page = match page {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::warn!(error = %e, sent, "export stopped");

@@ -56,6 +56,9 @@ pub struct ApiConfig {
     pub rate_limit_burst: u32,
     /// Record every API request as a `source:ward` event.
     pub audit_trail: bool,
+    /// How many refused requests (401, 403, 429) the audit trail records
+    /// one by one; the rest are summarised.
+    pub refusal_limits: access::RefusalLimits,
 }
 
 impl Default for ApiConfig {
@@ -68,6 +71,7 @@ impl Default for ApiConfig {
             rate_limit_per_sec: 20.0,
             rate_limit_burst: 40,
             audit_trail: true,
+            refusal_limits: access::RefusalLimits::default(),
         }
     }
 }
@@ -90,6 +94,7 @@ pub(crate) struct AppState {
     config: Arc<ApiConfig>,
     options: Arc<ApiOptions>,
     limiter: Arc<access::RateLimiter>,
+    refusals: Arc<access::RefusalTrail>,
 }
 
 impl AppState {
@@ -100,6 +105,7 @@ impl AppState {
                 config.rate_limit_per_sec,
                 config.rate_limit_burst,
             )),
+            refusals: Arc::new(access::RefusalTrail::new(config.refusal_limits)),
             config: Arc::new(config),
             options: Arc::new(options),
         }
@@ -248,7 +254,18 @@ async fn require_ingest_token(
             .is_some_and(auth::Role::may_ingest)
         {
             tracing::info!(path = %request.uri().path(), "ingest without a valid token refused");
-            return ApiError::Unauthorized.into_response();
+            let response = ApiError::Unauthorized.into_response();
+            access::record_refusal(
+                &state,
+                access::Refusal {
+                    caller: &auth::Caller::new(None),
+                    endpoint: request.uri().path(),
+                    params: request.uri().query().unwrap_or(""),
+                    status: response.status().as_u16(),
+                    client: access::client_addr(&request),
+                },
+            );
+            return response;
         }
     }
     next.run(request).await

@@ -100,6 +100,24 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         "Records visible to search.",
         state.store.num_docs(),
     );
+    metric(
+        "ward_indexer_queries_cancelled_total",
+        "counter",
+        "Searches and aggregations stopped early because their request timed out or its client left.",
+        get(&stats.queries_cancelled),
+    );
+    metric(
+        "ward_api_refusals_total",
+        "counter",
+        "API requests refused (401, 403, 429).",
+        get(&state.refusals.refused),
+    );
+    metric(
+        "ward_api_refusals_summarised_total",
+        "counter",
+        "Refused API requests counted in a summary of the audit trail instead of recorded one by one.",
+        get(&state.refusals.summarised),
+    );
     let redactor = state.store.redactor();
     let _ = writeln!(
         out,

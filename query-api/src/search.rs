@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use ward_indexer::{SearchRequest, SearchResponse, SortOrder};
+use ward_indexer::{Cancel, SearchRequest, SearchResponse, SortOrder};
 
 use crate::auth::Caller;
 use crate::{ApiError, AppState};
@@ -30,6 +30,10 @@ pub(crate) async fn search(
     params: Result<Query<SearchParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    // Dropped with this future (the request timed out, the client left):
+    // the search on the blocking pool then stops.
+    let cancel = Cancel::new();
+    let _cancel_on_drop = cancel.on_drop();
     let request = SearchRequest {
         query: params.q,
         start: parse_time("start", params.start.as_deref())?,
@@ -38,6 +42,7 @@ pub(crate) async fn search(
         order: params.order.unwrap_or_default(),
         cursor: params.cursor,
         namespaces: caller.namespaces.clone(),
+        cancel,
     };
     let response = state.store.search(request).await?;
     caller.record_count(response.hits.len() as u64);

@@ -13,15 +13,27 @@
 //!
 //! `related` summarizes the events of the page: pods exec'd or attached
 //! into, secrets read, source IPs, users, namespaces, each with a count.
+//!
+//! `alerts` are the stored alerts raised by the events of the page (an
+//! alert's record id or one of its `auditID`s is among the page's), oldest
+//! first, with rule, level and triage status. Each carries the time of the
+//! event that raised it, so a client interleaves them with `events` by
+//! `timestamp`; they page with the events that raised them. The alert
+//! store is searched within the page's time span (widened by a day, since a
+//! rule may take an event's time from another of its timestamps, and a
+//! correlation's time from the end of its window), at most
+//! [`ward_alerts::MAX_LIMIT`] alerts of that span.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use axum::Json;
 use axum::extract::{Query, State};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use ward_alerts::{AlertFilter, Status, StoredAlert};
 use ward_indexer::document::lookup;
-use ward_indexer::{SearchHit, SearchRequest, SortOrder};
+use ward_indexer::{Cancel, SearchHit, SearchRequest, SortOrder};
 
 use crate::auth::Caller;
 use crate::search::parse_time;
@@ -47,6 +59,36 @@ pub(crate) struct TimelineResponse {
     events: Vec<SearchHit>,
     cursor: Option<String>,
     related: Related,
+    alerts: Vec<TimelineAlert>,
+}
+
+/// An alert raised by an event of the timeline.
+#[derive(Debug, Serialize)]
+pub(crate) struct TimelineAlert {
+    id: u64,
+    rule_id: String,
+    title: String,
+    level: ward_rules::Level,
+    status: Status,
+    /// Time of the event that raised it.
+    timestamp: DateTime<Utc>,
+    audit_ids: Vec<String>,
+    event_ids: Vec<String>,
+}
+
+impl From<StoredAlert> for TimelineAlert {
+    fn from(a: StoredAlert) -> Self {
+        TimelineAlert {
+            id: a.id,
+            rule_id: a.rule_id,
+            title: a.title,
+            level: a.level,
+            status: a.status,
+            timestamp: a.timestamp,
+            audit_ids: a.audit_ids,
+            event_ids: a.event_ids,
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -116,6 +158,8 @@ pub(crate) async fn timeline(
     params: Result<Query<TimelineParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TimelineResponse>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let cancel = Cancel::new();
+    let _cancel_on_drop = cancel.on_drop();
     let request = SearchRequest {
         query: entity_query(&params.entity)?,
         start: parse_time("start", params.start.as_deref())?,
@@ -124,17 +168,70 @@ pub(crate) async fn timeline(
         order: SortOrder::Oldest,
         cursor: params.cursor,
         namespaces: caller.namespaces.clone(),
+        cancel,
     };
     let page = state.store.search(request).await?;
     caller.record_count(page.hits.len() as u64);
     let related = related(&page.hits);
+    let alerts = alerts_of(&state, &page.hits).await?;
     Ok(Json(TimelineResponse {
         entity: params.entity,
         total: page.total,
         events: page.hits,
         cursor: page.cursor,
         related,
+        alerts,
     }))
+}
+
+/// The stored alerts raised by these events, oldest first.
+async fn alerts_of(state: &AppState, hits: &[SearchHit]) -> Result<Vec<TimelineAlert>, ApiError> {
+    let Some(api) = &state.options.alerts else {
+        return Ok(Vec::new());
+    };
+    let mut ids = HashSet::new();
+    let (mut first, mut last) = (None::<DateTime<Utc>>, None::<DateTime<Utc>>);
+    for hit in hits {
+        let Ok(Value::Object(e)) = serde_json::from_str::<Value>(hit.get()) else {
+            continue;
+        };
+        for path in ["ward.id", "auditID"] {
+            if let Some(id) = lookup(&e, path).and_then(Value::as_str) {
+                ids.insert(id.to_owned());
+            }
+        }
+        let time = lookup(&e, "timestamp")
+            .and_then(Value::as_str)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        if let Some(t) = time {
+            first = Some(first.map_or(t, |f| f.min(t)));
+            last = Some(last.map_or(t, |l| l.max(t)));
+        }
+    }
+    let (Some(first), Some(last)) = (first, last) else {
+        return Ok(Vec::new());
+    };
+    let filter = AlertFilter {
+        start: Some(first - TimeDelta::days(1)),
+        end: Some(last + TimeDelta::days(1)),
+        limit: ward_alerts::MAX_LIMIT,
+        ..AlertFilter::default()
+    };
+    let store = api.store.clone();
+    let listed = crate::alerts::blocking(move || store.list(&filter)).await?;
+    let mut alerts: Vec<TimelineAlert> = listed
+        .into_iter()
+        .filter(|a| {
+            a.event_ids
+                .iter()
+                .chain(&a.audit_ids)
+                .any(|id| ids.contains(id))
+        })
+        .map(TimelineAlert::from)
+        .collect();
+    alerts.sort_by(|a, b| a.timestamp.cmp(&b.timestamp).then(a.id.cmp(&b.id)));
+    Ok(alerts)
 }
 
 fn related(hits: &[SearchHit]) -> Related {

@@ -520,3 +520,219 @@ async fn the_openapi_document_names_every_api_route() {
     }
     store.shutdown().await;
 }
+
+/// Waits for a search to return `want` hits (the audit trail is written
+/// asynchronously).
+async fn wait_for_total(app: &axum::Router, uri: &str, want: u64) -> Value {
+    let mut body = Value::Null;
+    for _ in 0..100 {
+        body = call(app, get_as(uri, "admin-token-000000000")).await.1;
+        if body["total"] == want {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{uri}: wanted {want} hits, last answer {body}");
+}
+
+#[tokio::test]
+async fn refused_requests_are_in_the_audit_trail_within_bounds() {
+    use axum::extract::ConnectInfo;
+    use ward_query_api::access::{ClientAddr, RefusalLimits};
+
+    let (_dir, store) = store_with(vec![audit(1, "alice", "get", "shop", None)]).await;
+    let options = ApiOptions {
+        tokens: Some(Arc::new(Tokens::parse(TOKENS).unwrap())),
+        ..ApiOptions::default()
+    };
+    let app = router_with(
+        store.clone(),
+        ApiConfig {
+            rate_limit_per_sec: 0.01,
+            rate_limit_burst: 2,
+            refusal_limits: RefusalLimits {
+                window: Duration::from_millis(300),
+                per_source: 3,
+                total: 100,
+                max_sources: 100,
+            },
+            ..ApiConfig::default()
+        },
+        options.clone(),
+    );
+    // Reads the trail without a rate limit, and without adding to it.
+    let reader = router_with(store.clone(), quiet(), options);
+    let from = |mut req: Request<Body>, ip: &str| {
+        let addr = format!("{ip}:40000").parse().unwrap();
+        req.extensions_mut().insert(ConnectInfo(ClientAddr(addr)));
+        req
+    };
+    // A flood of unknown tokens from one address, a few from another.
+    for _ in 0..20 {
+        let req = from(
+            get_as("/api/v1/search?q=x", "stolen-token-000000000"),
+            "192.0.2.7",
+        );
+        assert_eq!(call(&app, req).await.0, StatusCode::UNAUTHORIZED);
+    }
+    let req = from(get("/api/v1/search?q=x"), "192.0.2.8");
+    assert_eq!(call(&app, req).await.0, StatusCode::UNAUTHORIZED);
+    // The viewer past its burst.
+    for i in 0..6 {
+        let req = from(
+            get_as("/api/v1/search?q=*", "viewer-token-00000000"),
+            "192.0.2.9",
+        );
+        let want = if i < 2 {
+            StatusCode::OK
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(call(&app, req).await.0, want);
+    }
+    // Ingest without a valid token.
+    let req = from(
+        Request::post("/api/v1/ingest")
+            .header(header::AUTHORIZATION, "Bearer viewer-token-00000000")
+            .body(Body::from("{}"))
+            .unwrap(),
+        "192.0.2.10",
+    );
+    assert_eq!(call(&app, req).await.0, StatusCode::UNAUTHORIZED);
+
+    // One by one: 3 of the flood, the other address's one, 3 of the 429s,
+    // and the ingest attempt.
+    let one_by_one = "/api/v1/search?q=source:ward%20AND%20kind:api_request%20AND%20NOT%20api.status:200&limit=100";
+    let body = wait_for_total(&reader, one_by_one, 8).await;
+    let hits = body["hits"].as_array().unwrap();
+    let of = |client: &str| {
+        hits.iter()
+            .filter(|h| h["api"]["client"].as_str().unwrap().starts_with(client))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("192.0.2.7:").len(), 3);
+    assert_eq!(of("192.0.2.8:").len(), 1);
+    let limited = of("192.0.2.9:");
+    assert_eq!(limited.len(), 3);
+    for h in &limited {
+        assert_eq!(h["api"]["status"], 429);
+        assert_eq!(h["api"]["caller"], "vera", "the token's label");
+        assert_eq!(h["api"]["role"], "viewer");
+    }
+    let ingest = of("192.0.2.10:");
+    assert_eq!(ingest[0]["api"]["endpoint"], "/api/v1/ingest");
+    assert_eq!(ingest[0]["api"]["status"], 401);
+    for h in hits {
+        assert_eq!(
+            h["api"]["params"]["q"].is_string(),
+            h["api"]["endpoint"] != "/api/v1/ingest"
+        );
+        let text = h.to_string();
+        assert!(
+            !text.contains("stolen-token") && !text.contains("viewer-token"),
+            "{text}"
+        );
+    }
+
+    // The rest is counted in one summary per source when the window ends.
+    let summaries = wait_for_total(
+        &reader,
+        "/api/v1/search?q=source:ward%20AND%20kind:api_refusals&limit=100",
+        2,
+    )
+    .await;
+    let mut counts: Vec<(String, u64, u64)> = summaries["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["api"]["client"].as_str().unwrap().to_owned(),
+                h["api"]["status"].as_u64().unwrap(),
+                h["api"]["refused"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![("192.0.2.7".into(), 401, 17), ("192.0.2.9".into(), 429, 1)]
+    );
+    let (_, metrics) = call(&app, get("/metrics")).await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(metrics.contains("ward_api_refusals_total 26"), "{metrics}");
+    assert!(
+        metrics.contains("ward_api_refusals_summarised_total 18"),
+        "{metrics}"
+    );
+    store.shutdown().await;
+}
+
+/// A request that times out answers 503, and its search or aggregation on
+/// the blocking pool stops instead of running on (counted in
+/// `ward_indexer_queries_cancelled_total`).
+#[tokio::test]
+async fn timed_out_queries_stop_their_blocking_work() {
+    // Enough records that a query takes longer than the timer's first tick.
+    let (_dir, store) = store_with(vec![]).await;
+    for chunk in 0..24 {
+        let batch = (0..5_000)
+            .map(|i| {
+                let n = chunk * 5_000 + i;
+                audit(n, &format!("u{}", n % 50), "get", "shop", None)
+            })
+            .collect();
+        store.ingest(batch).await.unwrap();
+    }
+    let app = router_with(
+        store.clone(),
+        ApiConfig {
+            // Times out at the first wait: the handler has handed the query
+            // to the blocking pool and is dropped right away.
+            request_timeout: Duration::ZERO,
+            ..quiet()
+        },
+        ApiOptions::default(),
+    );
+    let cancelled = || {
+        store
+            .stats()
+            .queries_cancelled
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    for (n, uri) in [
+        "/api/v1/aggregate?terms=user.username&histogram=1m",
+        "/api/v1/search?q=verb:get",
+        "/api/v1/timeline?entity=ip:10.0.0.0/8",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, body) = call(&app, get(uri)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {body}");
+        let mut waited = 0;
+        while cancelled() < n as u64 + 1 && waited < 100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        assert_eq!(
+            cancelled(),
+            n as u64 + 1,
+            "{uri}: the blocking work stopped"
+        );
+    }
+    let (_, metrics) = call(&app, get("/metrics")).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("ward_indexer_queries_cancelled_total 3"),
+        "{metrics}"
+    );
+    // Without the timeout the same request answers.
+    let app = router_with(store.clone(), quiet(), ApiOptions::default());
+    let (status, body) = call(&app, get("/api/v1/aggregate?terms=user.username")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["total"], 120_000);
+    store.shutdown().await;
+}

@@ -148,6 +148,15 @@ struct IndexerArgs {
     /// Alert sinks file (YAML): webhooks, Alertmanager, Slack, per level or rule.
     #[arg(long)]
     sinks: Option<PathBuf>,
+    /// API requests per second allowed per token (0: no limit), with --rate-burst.
+    #[arg(long, default_value_t = 20.0)]
+    rate_limit: f64,
+    /// Requests a token may send at once before --rate-limit applies.
+    #[arg(long, default_value_t = 40)]
+    rate_burst: u32,
+    /// Longest a search, aggregation or timeline request may run (e.g. `30s`).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
 }
 
 impl IndexerArgs {
@@ -203,6 +212,15 @@ impl IndexerArgs {
                 alerts: None,
             },
         })
+    }
+
+    fn api_config(&self) -> ward_query_api::ApiConfig {
+        ward_query_api::ApiConfig {
+            rate_limit_per_sec: self.rate_limit,
+            rate_limit_burst: self.rate_burst,
+            request_timeout: self.request_timeout,
+            ..ward_query_api::ApiConfig::default()
+        }
     }
 
     fn detection(&self) -> detect::Detection {
@@ -345,6 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     api_listen: args.api_listen,
                     security: args.security()?,
                     detection: args.detection(),
+                    api: args.api_config(),
                 };
                 serve::run_indexer(indexer, serve::shutdown_signal()).await
             }

@@ -35,6 +35,8 @@ pub struct Indexer {
     pub security: Security,
     /// Detection rules and alert sinks.
     pub detection: Detection,
+    /// Limits of the API (rate limit, request timeout).
+    pub api: ApiConfig,
 }
 
 /// Serves the API, with the built-in rules, until `shutdown` resolves;
@@ -52,6 +54,7 @@ pub async fn indexer(
             api_listen: None,
             security: Security::default(),
             detection: Detection::default(),
+            api: ApiConfig::default(),
         },
         shutdown,
     )
@@ -101,13 +104,13 @@ pub async fn run_indexer(
     let mut servers = tokio::task::JoinSet::new();
     match indexer.api_listen {
         None => {
-            let app = router_with(store.clone(), ApiConfig::default(), options);
+            let app = router_with(store.clone(), indexer.api.clone(), options);
             servers.spawn(serve(indexer.listen, "api+ingest", app, tls, stopped()));
         }
         Some(api_listen) => {
-            let ingest = ingest_router(store.clone(), ApiConfig::default(), options.clone());
+            let ingest = ingest_router(store.clone(), indexer.api.clone(), options.clone());
             servers.spawn(serve(indexer.listen, "ingest", ingest, tls, stopped()));
-            let api = api_router(store.clone(), ApiConfig::default(), options);
+            let api = api_router(store.clone(), indexer.api, options);
             servers.spawn(serve(api_listen, "api", api, api_tls, stopped()));
         }
     }
