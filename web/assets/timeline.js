@@ -64,12 +64,8 @@ export function render(main, params, ctx) {
   async function load() {
     msg(note, 'muted', 'Loading…');
     let res;
-    let alerts = [];
     try {
-      const alertsReq = ctx.me.alerts && ctx.me.may.alerts ? api.get('/api/v1/alerts', { status: '', limit: 1000, start, end }).catch(() => null) : Promise.resolve(null);
       res = await api.get('/api/v1/timeline', { entity, start, end, limit: PAGE, cursor: cursors[pageIndex] });
-      const all = await alertsReq;
-      if (all) alerts = all.alerts;
     } catch (err) {
       if (!gone) msg(note, 'error', err.message);
       return;
@@ -77,11 +73,8 @@ export function render(main, params, ctx) {
     if (gone) return;
     cursors[pageIndex + 1] = res.cursor;
     msg(note, '', '');
-    // Alerts on this entity: raised by one of its events, or naming it.
-    const auditIds = new Set(res.events.map((e) => e.auditID).filter(Boolean));
-    const onEntity = alerts.filter(
-      (a) => (a.audit_ids || []).some((id) => auditIds.has(id)) || (kind === 'user' && a.user === value),
-    );
+    // The server sends the alerts raised by this page's events, oldest first.
+    const onEntity = res.alerts || [];
     const byAudit = new Map();
     for (const a of onEntity) for (const id of a.audit_ids || []) {
       if (!byAudit.has(id)) byAudit.set(id, []);
