@@ -27,6 +27,8 @@ pub const CHECK_EVERY: usize = 4096;
 pub struct Cancel {
     flag: Arc<AtomicBool>,
     deadline: Option<Instant>,
+    /// Cancelled once this many matching documents were collected.
+    match_budget: Option<u64>,
     /// Matching documents collected so far (updated at each look at the flag).
     visited: Arc<AtomicU64>,
 }
@@ -44,12 +46,24 @@ impl Cancel {
         }
     }
 
+    /// Also cancelled once the work has collected `matches` matching
+    /// documents (seen at the next look at the flag): a cap on the work
+    /// one request may do, whatever the time.
+    pub fn with_match_budget(matches: u64) -> Cancel {
+        Cancel {
+            match_budget: Some(matches),
+            ..Cancel::default()
+        }
+    }
+
     pub fn cancel(&self) {
         self.flag.store(true, Ordering::Relaxed);
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.flag.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
+        self.flag.load(Ordering::Relaxed)
+            || self.deadline.is_some_and(|d| Instant::now() >= d)
+            || self.match_budget.is_some_and(|b| self.visited() >= b)
     }
 
     /// Matching documents the work has collected so far, counted in steps
