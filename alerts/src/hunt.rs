@@ -43,6 +43,9 @@ pub struct HuntAlert {
     pub event_id: String,
 }
 
+/// Most windows one hunt searches (a year of one-minute windows).
+pub const MAX_WINDOWS: i64 = 525_600;
+
 /// What a hunt found.
 #[derive(Debug, Clone, Serialize)]
 pub struct HuntReport {
@@ -60,6 +63,14 @@ pub fn hunt(index: &Store, rules: RuleSet, request: &HuntRequest) -> Result<Hunt
     }
     if request.window <= TimeDelta::zero() {
         return Err(Error::InvalidRequest("window must be positive".into()));
+    }
+    // Each window is one search: a tiny window over a long range would keep
+    // a blocking thread busy long after the request timed out.
+    let windows = (request.end - request.start).num_seconds() / request.window.num_seconds().max(1);
+    if windows > MAX_WINDOWS {
+        return Err(Error::InvalidRequest(format!(
+            "the range holds {windows} windows; at most {MAX_WINDOWS}: use a longer window"
+        )));
     }
     let mut engine = Engine::new(rules);
     let mut report = HuntReport {
@@ -165,4 +176,35 @@ fn read_window(
     // order, so sort (stable) to be sure.
     records.sort_by_key(|r| std::cmp::Reverse(r.0));
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Regression: a one-second window over centuries (what an API fuzzer
+    /// sends) ran billions of searches on a blocking thread.
+    #[test]
+    fn a_range_of_too_many_windows_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(ward_indexer::StoreConfig::new(dir.path())).unwrap();
+        let (rules, _) = ward_rules::RuleSet::builtin();
+        let start = DateTime::<Utc>::UNIX_EPOCH;
+        let request = |years: i64, window_secs: i64| HuntRequest {
+            start,
+            end: start + TimeDelta::days(365 * years),
+            window: TimeDelta::seconds(window_secs),
+            max_alerts: 10,
+        };
+        let refused = hunt(&store, rules.clone(), &request(100, 1));
+        assert!(
+            matches!(&refused, Err(Error::InvalidRequest(m)) if m.contains("windows")),
+            "{refused:?}"
+        );
+        let report = hunt(&store, rules, &request(2, 86_400)).unwrap();
+        assert_eq!(report.events, 0);
+        assert!(!report.truncated);
+    }
 }
