@@ -76,18 +76,22 @@ impl RateLimiter {
 
     /// Takes one token of `who`'s bucket; false when it is empty.
     pub(crate) fn allow(&self, who: &str) -> bool {
+        self.allow_at(who, Instant::now())
+    }
+
+    /// [`RateLimiter::allow`] at a given time (tests step the clock).
+    fn allow_at(&self, who: &str, now: Instant) -> bool {
         if self.per_second <= 0.0 {
             return true;
         }
-        let now = Instant::now();
         let mut buckets = match self.buckets.lock() {
             Ok(b) => b,
             Err(poisoned) => poisoned.into_inner(),
         };
         let (tokens, last) = buckets.entry(who.to_owned()).or_insert((self.burst, now));
-        *tokens =
-            (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
-        *last = now;
+        *tokens = (*tokens + now.saturating_duration_since(*last).as_secs_f64() * self.per_second)
+            .min(self.burst);
+        *last = (*last).max(now);
         if *tokens >= 1.0 {
             *tokens -= 1.0;
             true
@@ -531,14 +535,21 @@ mod tests {
     use super::*;
 
     #[test]
+    /// Regression: with the wall clock, a test thread descheduled for a
+    /// millisecond between two calls saw a token refill and failed.
     fn token_buckets_refill() {
         let l = RateLimiter::new(1000.0, 2);
-        assert!(l.allow("a"));
-        assert!(l.allow("a"));
-        assert!(!l.allow("a"), "burst spent");
-        assert!(l.allow("b"), "buckets are per caller");
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(l.allow("a"), "refilled");
+        let t0 = Instant::now();
+        assert!(l.allow_at("a", t0));
+        assert!(l.allow_at("a", t0));
+        assert!(!l.allow_at("a", t0), "burst spent");
+        assert!(l.allow_at("b", t0), "buckets are per caller");
+        assert!(
+            !l.allow_at("a", t0 + Duration::from_micros(500)),
+            "half a token"
+        );
+        assert!(l.allow_at("a", t0 + Duration::from_millis(2)), "refilled");
+        assert!(l.allow("a"), "and with the real clock, later");
     }
 
     fn key(client: &str, status: u16) -> SourceKey {
