@@ -29,6 +29,8 @@ struct Args {
     events: usize,
     settings: Settings,
     dir: Option<std::path::PathBuf>,
+    /// Print where the bytes of Ward's index go, per field and structure.
+    space: bool,
     only: Option<String>,
     one_day: bool,
 }
@@ -38,6 +40,7 @@ fn parse_args() -> Args {
         events: 1_000_000,
         settings: Settings::default(),
         dir: None,
+        space: false,
         only: None,
         one_day: false,
     };
@@ -60,6 +63,7 @@ fn parse_args() -> Args {
             "--search-threads" => args.settings.search_threads = number(value()),
             "--dir" => args.dir = Some(value().into()),
             "--only" => args.only = Some(value()),
+            "--space" => args.space = true,
             "--bench" => {} // passed by `cargo bench`-style runners
             other => usage(&format!("unknown argument {other}")),
         }
@@ -69,7 +73,7 @@ fn parse_args() -> Args {
 
 fn usage(reason: &str) -> ! {
     eprintln!(
-        "{reason}\nusage: ingest_bench [--events N] [--senders N] [--threads N] [--heap-mib N] [--commit-ms N] [--search-threads N] [--one-day] [--dir PATH] [--only ward|raw]"
+        "{reason}\nusage: ingest_bench [--events N] [--senders N] [--threads N] [--heap-mib N] [--commit-ms N] [--search-threads N] [--one-day] [--dir PATH] [--only ward|raw] [--space]"
     );
     std::process::exit(2)
 }
@@ -168,6 +172,9 @@ fn main() {
             m: r.ingest,
         });
         ward = Some(r);
+        if args.space {
+            print_space_usage(&dir, corpus.event_bytes);
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -285,4 +292,55 @@ fn main() {
         support::status_kib("VmHWM") / 1024
     );
     println!("load average at end: {}", loadavg());
+}
+
+/// Bytes of every index under `dir` (Ward's day partitions), per field and
+/// per structure (terms, postings, positions, fast columns, stored
+/// documents), as a share of the event JSON that went in.
+fn print_space_usage(dir: &std::path::Path, event_bytes: u64) {
+    use std::collections::BTreeMap;
+    let mut per_field: BTreeMap<(String, &str), u64> = BTreeMap::new();
+    let mut store = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if d.join("meta.json").exists() {
+            let index = tantivy::Index::open_in_dir(&d).expect("open partition");
+            WardSchema::register_tokenizers(&index);
+            let reader = index.reader().expect("reader");
+            let usage = reader.searcher().space_usage().expect("space usage");
+            for segment in usage.segments() {
+                store += segment.store().total().get_bytes();
+                for (what, fields) in [
+                    ("terms", segment.termdict()),
+                    ("postings", segment.postings()),
+                    ("positions", segment.positions()),
+                    ("fast", segment.fast_fields()),
+                    ("fieldnorms", segment.fieldnorms()),
+                ] {
+                    for u in fields.fields() {
+                        *per_field
+                            .entry((u.field_name().to_owned(), what))
+                            .or_default() += u.total().get_bytes();
+                    }
+                }
+            }
+            continue;
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            stack.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+    }
+    let share = |b: u64| b as f64 / event_bytes.max(1) as f64;
+    println!("\nwhere the index bytes go (per byte of event JSON):");
+    println!("| field | structure | bytes | per JSON byte |");
+    println!("|---|---|---:|---:|");
+    println!(
+        "| (stored documents) | store | {store} | {:.4} |",
+        share(store)
+    );
+    let mut rows: Vec<_> = per_field.into_iter().collect();
+    rows.sort_by(|a, b| b.1.cmp(&a.1));
+    for ((field, what), bytes) in rows.into_iter().filter(|r| r.1 > 0) {
+        println!("| {field} | {what} | {bytes} | {:.4} |", share(bytes));
+    }
 }
