@@ -339,7 +339,7 @@ fn print_space_usage(dir: &std::path::Path, event_bytes: u64) {
         share(store)
     );
     let mut rows: Vec<_> = per_field.into_iter().collect();
-    rows.sort_by(|a, b| b.1.cmp(&a.1));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     for ((field, what), bytes) in rows.into_iter().filter(|r| r.1 > 0) {
         println!("| {field} | {what} | {bytes} | {:.4} |", share(bytes));
     }
