@@ -354,6 +354,7 @@ mod tests {
     use ward_indexer::{Store, StoreConfig};
 
     use super::*;
+    use crate::test_support::call;
     use crate::{ApiConfig, ApiOptions, auth::Tokens, router_with};
 
     struct Fixture {
@@ -399,35 +400,6 @@ mod tests {
         let text = std::fs::read_to_string(path).unwrap();
         let event: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": [event]}).to_string()
-    }
-
-    async fn call(
-        app: &Router,
-        method: &str,
-        uri: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let req = match body {
-            Some(b) => req
-                .header("content-type", "application/json")
-                .body(Body::from(b.to_string())),
-            None => req.body(Body::empty()),
-        }
-        .unwrap();
-        let resp = app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
     }
 
     async fn ingest(app: &Router, token: Option<&str>) {

@@ -20,6 +20,8 @@ mod metrics;
 mod rules;
 mod search;
 mod tail;
+#[cfg(test)]
+mod test_support;
 mod timeline;
 pub mod tls;
 mod webhook;

@@ -121,7 +121,6 @@ mod tests {
 
     use std::sync::Arc;
 
-    use axum::Router;
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use serde_json::{Value, json};
@@ -129,27 +128,8 @@ mod tests {
     use ward_alerts::{AlertStore, RulesTap, SinksConfig};
     use ward_indexer::{Store, StoreConfig};
 
+    use crate::test_support::get;
     use crate::{AlertsApi, ApiConfig, ApiOptions, auth::Tokens, router_with};
-
-    async fn get(app: &Router, uri: &str, token: Option<&str>) -> (StatusCode, Value) {
-        let mut req = Request::builder().uri(uri);
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let resp = app
-            .clone()
-            .oneshot(req.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
 
     #[tokio::test]
     async fn lists_live_rules_with_alert_counts_and_load_errors() {

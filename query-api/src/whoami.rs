@@ -56,32 +56,14 @@ mod tests {
     use std::sync::Arc;
 
     use axum::Router;
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode};
+    use axum::http::StatusCode;
     use serde_json::Value;
-    use tower::ServiceExt;
     use ward_indexer::{Store, StoreConfig};
 
     use crate::{ApiConfig, ApiOptions, auth::Tokens, router_with};
 
     async fn whoami(app: &Router, token: Option<&str>) -> (StatusCode, Value) {
-        let mut req = Request::builder().uri("/api/v1/whoami");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let resp = app
-            .clone()
-            .oneshot(req.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        crate::test_support::get(app, "/api/v1/whoami", token).await
     }
 
     #[tokio::test]
