@@ -199,6 +199,22 @@ impl Client {
         (status, resp.json().expect("search answer is JSON"))
     }
 
+    /// `POST /api/v1/k8s/audit?cluster=e2e` with `token` (an ingest or admin
+    /// token, when the indexer has `--tokens`); panics unless it answers 200.
+    pub fn post_audit(&self, body: &str, token: Option<&str>) {
+        let mut req = self
+            .http
+            .post(format!("{}/api/v1/k8s/audit?cluster=e2e", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().expect("webhook request");
+        let status = resp.status().as_u16();
+        assert_eq!(status, 200, "{}", resp.text().unwrap_or_default());
+    }
+
     /// Polls until `q` has exactly `want` hits, or panics with the last count.
     pub fn wait_for_total(&self, q: &str, want: u64, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
@@ -218,6 +234,21 @@ impl Client {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// An audit `EventList` of the first event of each Falco trace named, as
+/// the API server's webhook sends it.
+pub fn falco_event_list(traces: &[&str]) -> String {
+    let items: Vec<Value> = traces
+        .iter()
+        .map(|t| {
+            let text = std::fs::read_to_string(fixtures().join("falco-traces").join(t))
+                .expect("a Falco trace");
+            serde_json::from_str(text.lines().next().expect("a first line")).expect("an event")
+        })
+        .collect();
+    serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items})
+        .to_string()
 }
 
 /// The shared fixtures beside the repository.

@@ -13,7 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use ward_e2e::{Client, fixtures, free_port, json_lines, start_indexer, wait_until, ward_bin};
+use ward_e2e::{
+    Client, falco_event_list, free_port, json_lines, start_indexer, wait_until, ward_bin,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
@@ -117,31 +119,6 @@ impl Drop for Alertmanager {
     }
 }
 
-/// An EventList of the first event of each Falco trace named.
-fn event_list(traces: &[&str]) -> String {
-    let items: Vec<Value> = traces
-        .iter()
-        .map(|t| {
-            let text = std::fs::read_to_string(fixtures().join("falco-traces").join(t)).unwrap();
-            serde_json::from_str(text.lines().next().unwrap()).unwrap()
-        })
-        .collect();
-    json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items}).to_string()
-}
-
-fn post_audit(client: &Client, body: &str, token: Option<&str>) {
-    let mut req = client
-        .http()
-        .post(format!("{}/api/v1/k8s/audit?cluster=e2e", client.base))
-        .header("content-type", "application/json")
-        .body(body.to_owned());
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().unwrap();
-    assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().unwrap());
-}
-
 fn alerts(client: &Client, query: &str) -> Vec<Value> {
     alerts_as(client, query, None)
 }
@@ -188,7 +165,7 @@ fn alertmanager_gets_every_alert_across_its_restart() {
     let client = Client::new(format!("http://127.0.0.1:{port}"));
     client.wait_healthy(WAIT);
 
-    post_audit(&client, &event_list(&["exec_pod.json"]), None);
+    client.post_audit(&falco_event_list(&["exec_pod.json"]), None);
     let first = ids(&alerts(&client, "min_level=medium"));
     assert!(!first.is_empty(), "the exec trace raises a medium+ alert");
     wait_until("alerts in alertmanager", WAIT, || {
@@ -215,9 +192,8 @@ fn alertmanager_gets_every_alert_across_its_restart() {
 
     // Alertmanager down: alerts raised meanwhile wait in the queue.
     am.stop();
-    post_audit(
-        &client,
-        &event_list(&[
+    client.post_audit(
+        &falco_event_list(&[
             "create_nginx_pod_privileged.json",
             "attach_cluster_admin_role.json",
         ]),
@@ -273,11 +249,11 @@ fn replays_do_not_duplicate_and_status_changes_record_who_and_when() {
     let mut indexer = start_indexer("indexer", dir.path(), port, &args);
     let client = Client::new(format!("http://127.0.0.1:{port}"));
     client.wait_healthy(WAIT);
-    let body = event_list(&["exec_pod.json", "create_nginx_pod_privileged.json"]);
-    post_audit(&client, &body, Some("collector-token-1234567"));
+    let body = falco_event_list(&["exec_pod.json", "create_nginx_pod_privileged.json"]);
+    client.post_audit(&body, Some("collector-token-1234567"));
     let before = alerts_as(&client, "limit=1000", Some(READER));
     assert!(!before.is_empty());
-    post_audit(&client, &body, Some("collector-token-1234567"));
+    client.post_audit(&body, Some("collector-token-1234567"));
     assert_eq!(
         ids(&alerts_as(&client, "limit=1000", Some(READER))),
         ids(&before)
@@ -288,7 +264,7 @@ fn replays_do_not_duplicate_and_status_changes_record_who_and_when() {
     indexer.stop();
     let mut indexer = start_indexer("indexer2", dir.path(), port, &args);
     client.wait_healthy(WAIT);
-    post_audit(&client, &body, Some("collector-token-1234567"));
+    client.post_audit(&body, Some("collector-token-1234567"));
     assert_eq!(
         ids(&alerts_as(&client, "limit=1000", Some(READER))),
         ids(&before)

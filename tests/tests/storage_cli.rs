@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use ward_e2e::{Client, Process, fixtures, free_port, scrape, start_indexer, ward_bin};
+use ward_e2e::{Client, Process, falco_event_list, free_port, scrape, start_indexer, ward_bin};
 
 fn events(first: usize, n: usize, day: &str) -> String {
     (first..first + n)
@@ -194,30 +194,6 @@ const COLLECTOR: &str = "collector-token-1234567";
 const ANALYST: &str = "analyst-token-1234567";
 const ADMIN: &str = "admin-token-123456789";
 
-/// An EventList of the first event of each Falco trace named.
-fn event_list(traces: &[&str]) -> String {
-    let items: Vec<Value> = traces
-        .iter()
-        .map(|t| {
-            let text = std::fs::read_to_string(fixtures().join("falco-traces").join(t)).unwrap();
-            serde_json::from_str(text.lines().next().unwrap()).unwrap()
-        })
-        .collect();
-    json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items}).to_string()
-}
-
-fn post_audit(client: &Client, body: &str) {
-    let resp = client
-        .http()
-        .post(format!("{}/api/v1/k8s/audit?cluster=e2e", client.base))
-        .header("content-type", "application/json")
-        .bearer_auth(COLLECTOR)
-        .body(body.to_owned())
-        .send()
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().unwrap());
-}
-
 /// Every alert, oldest first, as an admin sees them.
 fn all_alerts(client: &Client) -> Vec<Value> {
     let body: Value = client
@@ -253,12 +229,12 @@ fn alerts_statuses_and_dedup_survive_snapshot_and_restore() {
     let url = format!("http://127.0.0.1:{port}");
     let client = Client::new(&url).with_token(ADMIN);
     client.wait_healthy(Duration::from_secs(60));
-    let events = event_list(&[
+    let events = falco_event_list(&[
         "exec_pod.json",
         "create_nginx_pod_privileged.json",
         "create_kube_system_secret.json",
     ]);
-    post_audit(&client, &events);
+    client.post_audit(&events, Some(COLLECTOR));
     let before = all_alerts(&client);
     assert!(before.len() >= 2, "{before:?}");
 
@@ -357,10 +333,13 @@ fn alerts_statuses_and_dedup_survive_snapshot_and_restore() {
     assert!(history[1]["at"].as_str().unwrap().starts_with("20"));
 
     // The same events again raise nothing: the de-duplication keys came along.
-    post_audit(&client, &events);
+    client.post_audit(&events, Some(COLLECTOR));
     assert_eq!(all_alerts(&client), before);
     // New events raise alerts with ids after the restored ones.
-    post_audit(&client, &event_list(&["attach_cluster_admin_role.json"]));
+    client.post_audit(
+        &falco_event_list(&["attach_cluster_admin_role.json"]),
+        Some(COLLECTOR),
+    );
     let more = all_alerts(&client);
     assert!(more.len() > before.len(), "{more:?}");
     let max_before = before.iter().map(|a| a["id"].as_u64().unwrap()).max();
