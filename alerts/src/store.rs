@@ -485,22 +485,32 @@ impl AlertStore {
         self.versions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The rule version `fingerprint`, from the cache or `table`.
+    /// The rule version `fingerprint`, from the cache or `table`; an alert
+    /// row referring to one the table lacks is an error.
     fn version(
         &self,
         table: &impl ReadableTable<u64, &'static [u8]>,
         fingerprint: u64,
     ) -> Result<Arc<RuleVersion>, Error> {
+        self.find_version(table, fingerprint)?
+            .ok_or(Error::MissingRuleVersion(fingerprint))
+    }
+
+    /// The rule version `fingerprint`, from the cache or `table`, if stored.
+    fn find_version(
+        &self,
+        table: &impl ReadableTable<u64, &'static [u8]>,
+        fingerprint: u64,
+    ) -> Result<Option<Arc<RuleVersion>>, Error> {
         if let Some(v) = self.versions().get(&fingerprint) {
-            return Ok(v.clone());
+            return Ok(Some(v.clone()));
         }
-        let value = table
-            .get(fingerprint)
-            .map_err(db)?
-            .ok_or(Error::MissingRuleVersion(fingerprint))?;
+        let Some(value) = table.get(fingerprint).map_err(db)? else {
+            return Ok(None);
+        };
         let version: Arc<RuleVersion> = Arc::new(serde_json::from_slice(value.value())?);
         self.versions().insert(fingerprint, version.clone());
-        Ok(version)
+        Ok(Some(version))
     }
 
     /// Decodes a value of the `alerts` table.
@@ -553,20 +563,20 @@ impl AlertStore {
                     continue;
                 }
                 let fingerprint = RuleVersion::fingerprint(&new.alert);
-                let version = match added.get(&fingerprint) {
-                    Some(v) => v.clone(),
-                    None => match self.version(&versions, fingerprint) {
-                        Ok(v) => v,
-                        Err(Error::MissingRuleVersion(_)) => {
-                            let v = Arc::new(RuleVersion::of(&new.alert));
-                            versions
-                                .insert(fingerprint, serde_json::to_vec(&*v)?.as_slice())
-                                .map_err(db)?;
-                            added.insert(fingerprint, v.clone());
-                            v
-                        }
-                        Err(e) => return Err(e),
-                    },
+                let known = match added.get(&fingerprint) {
+                    Some(v) => Some(v.clone()),
+                    None => self.find_version(&versions, fingerprint)?,
+                };
+                let version = match known {
+                    Some(v) => v,
+                    None => {
+                        let v = Arc::new(RuleVersion::of(&new.alert));
+                        versions
+                            .insert(fingerprint, serde_json::to_vec(&*v)?.as_slice())
+                            .map_err(db)?;
+                        added.insert(fingerprint, v.clone());
+                        v
+                    }
                 };
                 let id = next_id;
                 next_id += 1;
