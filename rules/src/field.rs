@@ -39,7 +39,7 @@ pub(crate) fn visit<'a>(
 /// Maps are told apart by address, so a `DottedKeys` must not outlive the
 /// event it was filled from (another event's map could reuse an address);
 /// [`FieldCache`], which holds one, borrows the event for its whole life.
-pub(crate) struct DottedKeys {
+struct DottedKeys {
     seen: [(*const Map<String, Value>, bool); DottedKeys::CAPACITY],
     len: usize,
 }
