@@ -16,6 +16,7 @@ use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DateTime, Term};
 
 use crate::Error;
+use crate::phrase::StoredPhraseQuery;
 use crate::query::{Pattern, Piece, Query};
 use crate::schema::{
     MESSAGE, PATH_SEPARATOR, STATUS_CODE, TIMESTAMP, WardSchema, flat_term_text, ip_term_text,
@@ -51,11 +52,11 @@ pub fn compile(schema: &WardSchema, query: &Query) -> Result<Boxed, Error> {
             (Occur::Must, Box::new(AllQuery) as Boxed),
             (Occur::MustNot, compile(schema, inner)?),
         ])),
-        Query::Exists { field } => term_query(schema.exists, field),
+        Query::Exists { field } => exists(schema, field),
         Query::Term { field, value } => match field.as_deref() {
             None => either(
                 text_pattern(schema.message, value)?,
-                text_pattern(schema.all, value)?,
+                all_pattern(schema, value)?,
             ),
             Some(MESSAGE) => text_pattern(schema.message, value)?,
             Some(TIMESTAMP) => {
@@ -73,10 +74,7 @@ pub fn compile(schema: &WardSchema, query: &Query) -> Result<Boxed, Error> {
             Some(f) => flat_pattern(schema, f, value)?,
         },
         Query::Phrase { field, text } => match field.as_deref() {
-            None => either(
-                text_phrase(schema.message, text),
-                text_phrase(schema.all, text),
-            ),
+            None => either(text_phrase(schema.message, text), all_phrase(schema, text)),
             Some(MESSAGE) => text_phrase(schema.message, text),
             Some(f) => flat_pattern(schema, f, &Pattern::literal(text))?,
         },
@@ -115,6 +113,60 @@ pub fn namespace_scope(schema: &WardSchema, namespaces: &[String]) -> Boxed {
         return Box::new(EmptyQuery);
     }
     Box::new(BooleanQuery::new(clauses))
+}
+
+/// `_exists_:field`: the record has a value at `field` (a leaf, or an
+/// object with at least one leaf under it, as in Elasticsearch).
+///
+/// Answered from `_flat`, which has a term `<path>\0<value>` for every
+/// leaf: the field's leaves are the terms from `field\0` up to `field\x01`,
+/// and the leaves under it the terms from `field.` up to `field/`. Older
+/// partitions also have an `_exists` term per path; `message`, which is not
+/// in `_flat`, still has one.
+fn exists(schema: &WardSchema, field: &str) -> Boxed {
+    match field {
+        TIMESTAMP => return Box::new(AllQuery),
+        MESSAGE => return term_query(schema.exists, MESSAGE),
+        _ => {}
+    }
+    let slice = |from: char, to: char| -> (Occur, Boxed) {
+        let term = |c: char| {
+            let mut text = String::with_capacity(field.len() + 1);
+            text.push_str(field);
+            text.push(c);
+            Term::from_field_text(schema.flat, &text)
+        };
+        (
+            Occur::Should,
+            Box::new(RangeQuery::new(
+                Bound::Included(term(from)),
+                Bound::Excluded(term(to)),
+            )),
+        )
+    };
+    Box::new(BooleanQuery::new(vec![
+        (Occur::Should, term_query(schema.exists, field)),
+        slice(PATH_SEPARATOR, '\u{1}'),
+        slice('.', '/'),
+    ]))
+}
+
+/// A field-less literal over `_all`: one word, or a phrase.
+fn all_pattern(schema: &WardSchema, value: &Pattern) -> Result<Boxed, Error> {
+    match value.as_literal() {
+        Some(literal) => Ok(all_phrase(schema, &literal)),
+        None => text_pattern(schema.all, value),
+    }
+}
+
+/// Words over `_all`, which has no positions: several words are a
+/// [`StoredPhraseQuery`].
+fn all_phrase(schema: &WardSchema, text: &str) -> Boxed {
+    let words = tokens(text);
+    if words.len() < 2 {
+        return text_phrase(schema.all, text);
+    }
+    Box::new(StoredPhraseQuery::new(schema.all, words, schema.source_doc))
 }
 
 fn either(a: Boxed, b: Boxed) -> Boxed {
@@ -272,7 +324,7 @@ fn range(
             };
             let (lower, upper) = (map(lower, to_term)?, map(upper, to_term)?);
             if matches!((&lower, &upper), (Bound::Unbounded, Bound::Unbounded)) {
-                return Ok(term_query(schema.exists, STATUS_CODE));
+                return Ok(exists(schema, STATUS_CODE));
             }
             Ok(Box::new(RangeQuery::new(lower, upper)))
         }

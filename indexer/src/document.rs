@@ -127,12 +127,20 @@ impl<H: std::hash::Hasher> std::io::Write for HashWriter<H> {
 
 /// Builds the tantivy document of a record.
 pub fn build(schema: &WardSchema, record: DecodedRecord) -> TantivyDocument {
-    build_parsed(schema, &ParsedRecord::from_record(record)).0
+    build_parsed(schema, &ParsedRecord::from_record(record)).doc
 }
 
-/// Builds the tantivy document of a record already parsed, with the digest
-/// of its stored form (for the partition's hash chain).
-pub fn build_parsed(schema: &WardSchema, record: &ParsedRecord) -> (TantivyDocument, Digest32) {
+/// A record's document and what the writer needs to know of it.
+pub struct Built {
+    pub doc: TantivyDocument,
+    /// The digest of its stored form (for the partition's hash chain).
+    pub digest: Digest32,
+    /// Its tie-breaker ([`tie_of`] its replay key).
+    pub tie: u64,
+}
+
+/// Builds the tantivy document of a record already parsed.
+pub fn build_parsed(schema: &WardSchema, record: &ParsedRecord) -> Built {
     let ParsedRecord {
         key,
         timestamp_nanos: nanos,
@@ -141,13 +149,13 @@ pub fn build_parsed(schema: &WardSchema, record: &ParsedRecord) -> (TantivyDocum
     } = record;
     let nanos = *nanos;
     let mut doc = TantivyDocument::new();
-    doc.add_text(schema.key, key);
-    doc.add_u64(schema.tie, tie_of(key));
+    let tie = tie_of(key);
+    doc.add_u64(schema.tie, tie);
     doc.add_date(
         schema.timestamp,
         tantivy::DateTime::from_timestamp_nanos(nanos),
     );
-    let is_audit = hit.get("source").and_then(Value::as_str) == Some("audit");
+    let is_audit = is_audit(hit);
     let mut indexer = LeafIndexer {
         schema,
         doc: &mut doc,
@@ -157,7 +165,7 @@ pub fn build_parsed(schema: &WardSchema, record: &ParsedRecord) -> (TantivyDocum
     };
     for (key, value) in hit {
         match key.as_str() {
-            TIMESTAMP => indexer.doc.add_text(schema.exists, TIMESTAMP),
+            TIMESTAMP => {}
             MESSAGE => {
                 indexer.doc.add_text(schema.exists, MESSAGE);
                 if let Some(text) = value.as_str() {
@@ -165,7 +173,7 @@ pub fn build_parsed(schema: &WardSchema, record: &ParsedRecord) -> (TantivyDocum
                 }
             }
             _ => {
-                indexer.to_all = is_audit && !NOT_IN_ALL.contains(&key.as_str());
+                indexer.to_all = feeds_all(is_audit, key);
                 indexer.path.clear();
                 indexer.path.push_str(key);
                 indexer.walk(value);
@@ -190,7 +198,35 @@ pub fn build_parsed(schema: &WardSchema, record: &ParsedRecord) -> (TantivyDocum
     let stored = serde_json::to_vec(hit).unwrap_or_default();
     let digest = record_digest(&stored);
     doc.add_bytes(schema.source_doc, &stored);
-    (doc, digest)
+    Built { doc, digest, tie }
+}
+
+fn is_audit(hit: &Map<String, Value>) -> bool {
+    hit.get("source").and_then(Value::as_str) == Some("audit")
+}
+
+/// Whether the string leaves under a top-level key go to `_all`.
+fn feeds_all(is_audit: bool, top_key: &str) -> bool {
+    is_audit && top_key != MESSAGE && top_key != TIMESTAMP && !NOT_IN_ALL.contains(&top_key)
+}
+
+/// Calls `f` with every string value that [`build_parsed`] puts in `_all`,
+/// one call per value: what a phrase over `_all` is checked against.
+pub(crate) fn for_each_all_value<'a>(hit: &'a Map<String, Value>, mut f: impl FnMut(&'a str)) {
+    fn walk<'a>(value: &'a Value, f: &mut impl FnMut(&'a str)) {
+        match value {
+            Value::String(s) => f(s),
+            Value::Array(items) => items.iter().for_each(|v| walk(v, f)),
+            Value::Object(map) => map.values().for_each(|v| walk(v, f)),
+            _ => {}
+        }
+    }
+    let is_audit = is_audit(hit);
+    for (key, value) in hit {
+        if feeds_all(is_audit, key) {
+            walk(value, &mut f);
+        }
+    }
 }
 
 /// A dotted name resolved the way analysts write it: a key that contains
@@ -225,7 +261,6 @@ impl LeafIndexer<'_> {
         match value {
             Value::Null => {}
             Value::Object(map) => {
-                self.doc.add_text(self.schema.exists, &self.path);
                 let len = self.path.len();
                 for (key, child) in map {
                     self.path.push('.');
@@ -255,7 +290,6 @@ impl LeafIndexer<'_> {
     }
 
     fn leaf(&mut self, value: &str) {
-        self.doc.add_text(self.schema.exists, &self.path);
         flat_term_text(&self.path, value, &mut self.term);
         self.doc.add_text(self.schema.flat, &self.term);
     }

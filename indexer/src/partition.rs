@@ -31,9 +31,12 @@ pub const INDEX_DIR: &str = "index";
 /// zstd level of the document store. Level 9 measured 4% smaller than
 /// level 3 on the audit corpus but cost 20% more ingest CPU (BENCHMARKS.md).
 const DOCSTORE_ZSTD_LEVEL: i32 = 3;
-/// Larger blocks compress repetitive audit JSON much better; fetching one
-/// document decompresses one block, still well under a millisecond.
-const DOCSTORE_BLOCK_BYTES: usize = 256 * 1024;
+/// Larger blocks compress repetitive audit JSON much better (1 MiB blocks
+/// took 0.122 → 0.062 bytes per byte of audit JSON, BENCHMARKS.md); fetching
+/// one record decompresses one block, about a millisecond, and neighbouring
+/// records (a page of hits in time order) share blocks. Quickwit's default
+/// is the same size.
+const DOCSTORE_BLOCK_BYTES: usize = 1024 * 1024;
 
 /// A UTC day: the unit of partitioning and retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -107,6 +110,18 @@ pub fn list(data_dir: &Path) -> Result<Vec<Day>, Error> {
     Ok(days)
 }
 
+/// The settings partitions are created with (the document store's
+/// compression).
+pub fn index_settings() -> IndexSettings {
+    IndexSettings {
+        docstore_compression: Compressor::Zstd(ZstdCompressor {
+            compression_level: Some(DOCSTORE_ZSTD_LEVEL),
+        }),
+        docstore_blocksize: DOCSTORE_BLOCK_BYTES,
+        ..IndexSettings::default()
+    }
+}
+
 /// Opens a partition's index, creating it when `create` is set.
 pub fn open_index(
     data_dir: &Path,
@@ -120,17 +135,11 @@ pub fn open_index(
     }
     let directory =
         MmapDirectory::open(&dir).map_err(|e| Error::Tantivy(tantivy::TantivyError::from(e)))?;
-    let index = if create {
-        let settings = IndexSettings {
-            docstore_compression: Compressor::Zstd(ZstdCompressor {
-                compression_level: Some(DOCSTORE_ZSTD_LEVEL),
-            }),
-            docstore_blocksize: DOCSTORE_BLOCK_BYTES,
-            ..IndexSettings::default()
-        };
+    // A partition that exists keeps the schema it was created with.
+    let index = if create && !dir.join("meta.json").exists() {
         Index::builder()
             .schema(schema.schema.clone())
-            .settings(settings)
+            .settings(index_settings())
             .open_or_create(directory)?
     } else {
         Index::open(directory)?

@@ -9,29 +9,45 @@
 //!   so that *every* field is searchable by its dotted name, exactly or with
 //!   wildcards and regular expressions (which then only scan that path's
 //!   slice of the term dictionary);
-//! - `_exists`: one term per path present, for `_exists_:field`;
+//! - `_exists`: only `message`, for `_exists_:message` (container lines;
+//!   `message` is not in `_flat`). Every other `_exists_:field` is the
+//!   field's slice of `_flat` terms (see [`crate::compile`]), which costs a
+//!   term-range scan at query time instead of ~50 terms per audit event at
+//!   ingest. Partitions written before that change also have one `_exists`
+//!   term per path, and queries still read them;
 //! - `message`: container log text, tokenized with positions for phrases;
 //! - `_all`: the short string values of audit events (user, IPs, names,
-//!   URIs; not request or response bodies), tokenized, for field-less search;
+//!   URIs; not request or response bodies), tokenized, without positions: a
+//!   phrase over `_all` is the conjunction of its words, checked against the
+//!   stored record (see [`crate::phrase`]). Positions were 12% of the bytes
+//!   on disk (BENCHMARKS.md); container lines, where phrases are the usual
+//!   search, keep them in `message`;
 //! - `timestamp` and `responseStatus.code`: fast numeric columns for ranges,
 //!   sorting and histograms;
 //! - keyword columns (`verb`, `user.username`, `sourceIPs`, …): fast string
 //!   columns, with original case, for sorting and terms aggregations;
 //! - `_tie`: a fast u64 hash of the record's replay key, the tie-breaker of
-//!   the (timestamp, `_tie`) order that cursors page on (see [`crate::store`]);
+//!   the (timestamp, `_tie`) order that cursors page on, and with
+//!   `timestamp` what replays are recognised by (see [`crate::store`]);
 //! - `_ip`: one term per string leaf that is an IP address,
 //!   `<dotted.path>\0<32 hex digits>`: the address as 16 bytes (IPv4 mapped
 //!   into `::ffff:0:0/96`), big-endian, in fixed-width hex, so that the
 //!   lexicographic order of the terms is the numeric order of the addresses
 //!   and a CIDR block is one contiguous term range (see [`ip_term_text`]).
 //!
-//! Fields are only ever appended to the schema: tantivy refuses to open an
-//! index whose schema differs, and a partition written before `_tie` and
-//! `_ip` existed must be re-ingested (there was no release before them).
+//! No field has field norms: results are ordered by time, never by score.
+//!
+//! Fields are only ever appended to the schema, so that a field has the same
+//! id in every partition and one compiled query runs on all of them. A
+//! partition keeps the schema it was created with (tantivy stores it in
+//! `meta.json`), so the options of a field may differ between partitions:
+//! partitions created before the storage rework index `_all` with positions
+//! and field norms, and they stay readable. A partition written before `_tie`
+//! and `_ip` existed must be re-ingested (there was no release before them).
 
 use tantivy::schema::{
-    BytesOptions, DateOptions, DateTimePrecision, Field, IndexRecordOption, NumericOptions, STRING,
-    Schema, TextFieldIndexing, TextOptions,
+    BytesOptions, DateOptions, DateTimePrecision, Field, IndexRecordOption, NumericOptions, Schema,
+    TextFieldIndexing, TextOptions,
 };
 use tantivy::tokenizer::{LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer};
 
@@ -79,7 +95,10 @@ pub const MESSAGE: &str = "message";
 pub struct WardSchema {
     pub schema: Schema,
     pub source_doc: Field,
-    /// The replay-detection key (see [`crate::store`]): indexed, not stored.
+    /// The whole replay key, as a term. Written by earlier releases only:
+    /// replays are now recognised by `timestamp` and `_tie` (see
+    /// [`crate::store`]), and the key's term took 0.04 bytes on disk per
+    /// byte of audit JSON.
     pub key: Field,
     /// The hash-chain batch a record was committed in (see [`crate::chain`]).
     pub batch: Field,
@@ -100,7 +119,7 @@ impl WardSchema {
     pub fn new() -> WardSchema {
         let mut b = Schema::builder();
         let source_doc = b.add_bytes_field("_source", BytesOptions::default().set_stored());
-        let key = b.add_text_field("_key", STRING);
+        let key = b.add_text_field("_key", keyword());
         let batch = b.add_u64_field("_batch", NumericOptions::default().set_fast());
         let timestamp = b.add_date_field(
             "timestamp",
@@ -110,15 +129,10 @@ impl WardSchema {
         );
         // Raw: `flat_term_text` lowercases the value itself, and the path
         // must keep its case (`objectRef`).
-        let flat = b.add_text_field("_flat", STRING);
-        let exists = b.add_text_field("_exists", STRING);
-        let text = TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer(TEXT_TOKENIZER)
-                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-        );
-        let message = b.add_text_field("message", text.clone());
-        let all = b.add_text_field("_all", text);
+        let flat = b.add_text_field("_flat", keyword());
+        let exists = b.add_text_field("_exists", keyword());
+        let message = b.add_text_field("message", text(IndexRecordOption::WithFreqsAndPositions));
+        let all = b.add_text_field("_all", text(IndexRecordOption::Basic));
         let status_code = b.add_u64_field(
             "_status_code",
             NumericOptions::default().set_fast().set_indexed(),
@@ -131,7 +145,7 @@ impl WardSchema {
             })
             .collect();
         let tie = b.add_u64_field(TIE, NumericOptions::default().set_fast());
-        let ip = b.add_text_field("_ip", STRING);
+        let ip = b.add_text_field("_ip", keyword());
         WardSchema {
             schema: b.build(),
             source_doc,
@@ -177,6 +191,26 @@ impl Default for WardSchema {
     }
 }
 
+/// An untokenized field: one term per value, no frequencies, no norms.
+fn keyword() -> TextOptions {
+    TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("raw")
+            .set_index_option(IndexRecordOption::Basic)
+            .set_fieldnorms(false),
+    )
+}
+
+/// A field tokenized by [`text_analyzer`], without norms.
+fn text(record: IndexRecordOption) -> TextOptions {
+    TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(TEXT_TOKENIZER)
+            .set_index_option(record)
+            .set_fieldnorms(false),
+    )
+}
+
 /// The analyzer of `message` and `_all`, also used to tokenize query text.
 pub fn text_analyzer() -> TextAnalyzer {
     TextAnalyzer::builder(SimpleTokenizer::default())
@@ -210,7 +244,8 @@ pub(crate) fn truncate_at_char_boundary(value: &str, max: usize) -> &str {
 }
 
 /// The tie-breaker of a record: FNV-1a over its replay key. Stable across
-/// builds and platforms (it is stored, and cursors compare stored values).
+/// builds and platforms (it is stored, cursors compare stored values, and
+/// with the record's time it is what replays are recognised by).
 pub fn tie_of(key: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.as_bytes() {

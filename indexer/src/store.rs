@@ -49,7 +49,7 @@ use crate::document::ParsedRecord;
 use crate::page::{Cursor, PageCollector, SortOrder};
 use crate::partition::{self, Day};
 use crate::redact::Redactor;
-use crate::schema::WardSchema;
+use crate::schema::{TIE, TIMESTAMP, WardSchema};
 use crate::tail::TailFeed;
 use crate::{Error, compile, document, query};
 
@@ -115,8 +115,13 @@ impl StoreConfig {
         StoreConfig {
             data_dir: data_dir.into(),
             writer_heap_bytes: 128 * 1024 * 1024,
+            // Half the cores: decoding, rules and document building run on
+            // the others, and each indexing thread adds a segment per
+            // commit, which merges then rewrite (on 2 cores, 1 thread
+            // instead of 2 indexed 15% more events per CPU-second at the
+            // same throughput, BENCHMARKS.md).
             writer_threads: std::thread::available_parallelism()
-                .map(|n| n.get().min(4))
+                .map(|n| (n.get() / 2).clamp(1, 4))
                 .unwrap_or(1),
             commit_interval: Duration::from_millis(250),
             queue_timeout: Duration::from_secs(10),
@@ -394,9 +399,12 @@ impl Store {
                 if redactor.is_enabled() {
                     redactor.redact(&mut r.hit);
                 }
-                let (doc, digest) = document::build_parsed(schema, r);
+                let document::Built { doc, digest, tie } = document::build_parsed(schema, r);
                 Pending {
-                    key: RecordKey::of(&r.key),
+                    key: RecordKey {
+                        nanos: r.timestamp_nanos,
+                        tie,
+                    },
                     day: Day::of_nanos(r.timestamp_nanos),
                     digest,
                     doc,
@@ -693,58 +701,51 @@ fn ledger_partitions(data_dir: &Path) -> Result<HashSet<String>, Error> {
     Ok(live)
 }
 
-/// The replay keys of one partition's records, as 128-bit hashes, so that
-/// a replayed record (a collector resending after a crash, an API server
-/// retrying a webhook batch) is recognised without a lookup in the index.
+/// The replay keys of one partition's records, so that a replayed record
+/// (a collector resending after a crash, an API server retrying a webhook
+/// batch) is recognised without a lookup in the index.
 ///
-/// The set is derived from the `_key` terms of the committed index, which
-/// are written in the same commit as the records: it is atomic with the
-/// data by construction, and rebuilt from the index when the partition is
-/// opened for writing. Its cost is about 32 bytes of memory per record of
-/// the partitions being written (normally today's).
+/// A record is known by its own time and `_tie`, a 64-bit hash of its
+/// replay key ([`crate::schema::tie_of`]); a replay has both the same. Both
+/// are fast columns of the committed index, written in the same commit as
+/// the records: the set is atomic with the data by construction, and
+/// rebuilt from the columns when the partition is opened for writing.
+/// (Earlier releases kept the whole key as a `_key` term: 0.04 bytes on disk
+/// per byte of audit JSON, and a term dictionary for merges to rewrite.)
+/// Two different records are taken for one only if they have the same
+/// nanosecond and the same 64-bit hash. The set costs about 32 bytes of
+/// memory per record of the partitions being written (normally today's).
 struct KnownRecords {
     committed: HashSet<RecordKey>,
     /// Added since the last commit; folded in on success, dropped on failure.
     pending: HashSet<RecordKey>,
 }
 
-/// A replay key hashed to 128 bits (two independent 64-bit hashes, so that
-/// a collision, which would wrongly drop a record, is out of practical reach).
+/// What a record is recognised by: its time and its tie-breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct RecordKey(u64, u64);
-
-impl RecordKey {
-    pub(crate) fn of(key: &str) -> RecordKey {
-        Self::of_bytes(key.as_bytes())
-    }
-
-    fn of_bytes(key: &[u8]) -> RecordKey {
-        use std::hash::{Hash, Hasher};
-        // `DefaultHasher::new()` has fixed keys: stable within a build,
-        // which is all a set rebuilt at start-up needs.
-        let mut a = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut a);
-        let mut b = std::collections::hash_map::DefaultHasher::new();
-        (0x5eed_u16, key).hash(&mut b);
-        RecordKey(a.finish(), b.finish())
-    }
+pub(crate) struct RecordKey {
+    nanos: i64,
+    tie: u64,
 }
 
 impl KnownRecords {
-    fn load(
-        reader: &IndexReader,
-        key_field: tantivy::schema::Field,
-    ) -> Result<KnownRecords, Error> {
+    fn load(reader: &IndexReader) -> Result<KnownRecords, Error> {
         let mut committed = HashSet::new();
         let searcher = reader.searcher();
         for segment in searcher.segment_readers() {
-            let inverted = segment.inverted_index(key_field)?;
-            let mut terms = inverted
-                .terms()
-                .stream()
-                .map_err(|source| Error::io(Path::new("index/_key terms"), source))?;
-            while terms.advance() {
-                committed.insert(RecordKey::of_bytes(terms.key()));
+            let fast = segment.fast_fields();
+            let times = fast.date(TIMESTAMP)?;
+            let ties = fast.u64(TIE)?;
+            for doc in 0..segment.max_doc() {
+                if segment.is_deleted(doc) {
+                    continue;
+                }
+                if let (Some(time), Some(tie)) = (times.first(doc), ties.first(doc)) {
+                    committed.insert(RecordKey {
+                        nanos: time.into_timestamp_nanos(),
+                        tie,
+                    });
+                }
             }
         }
         Ok(KnownRecords {
@@ -954,10 +955,13 @@ impl Writer {
             self.config.writer_threads.max(1),
             self.config.writer_heap_bytes,
         )?;
-        // Bounded segment counts while ingest goes on: merge early and
-        // keep small segments from piling up between commits.
+        // Bounded segment counts while ingest goes on. A merge rewrites
+        // its segments' term dictionaries, so the fewer times a record is
+        // merged the better: 8 segments per level (Quickwit merges 10)
+        // instead of 4 took 13% less CPU per event at 1M events, for a few
+        // more segments per search (BENCHMARKS.md).
         let mut policy = LogMergePolicy::default();
-        policy.set_min_num_segments(4);
+        policy.set_min_num_segments(8);
         policy.set_max_docs_before_merge(5_000_000);
         writer.set_merge_policy(Box::new(policy));
         let reader = match self.views.read().ok().and_then(|v| v.get(&day).cloned()) {
@@ -975,7 +979,7 @@ impl Writer {
                 reader
             }
         };
-        let known = KnownRecords::load(&reader, self.schema.key)?;
+        let known = KnownRecords::load(&reader)?;
         tracing::debug!(partition = %day, records = known.committed.len(), "partition open for writing");
         Ok(OpenPartition {
             writer,

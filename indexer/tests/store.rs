@@ -282,6 +282,38 @@ async fn every_event_is_stored_whole_and_searchable_by_field() {
             Box::new(|e| e.contains_key("impersonatedUser")),
         ),
         (
+            "_exists_:impersonatedUser.username",
+            Box::new(|e| present(e, "impersonatedUser.username")),
+        ),
+        (
+            "_exists_:impersonatedUser.groups",
+            Box::new(|e| present(e, "impersonatedUser.groups")),
+        ),
+        (
+            "objectRef.subresource:*",
+            Box::new(|e| present(e, "objectRef.subresource")),
+        ),
+        // An empty string is a value.
+        (
+            "_exists_:annotations.authorization.k8s.io/reason",
+            Box::new(|e| {
+                lookup(e, "annotations")
+                    .and_then(|a| a.get("authorization.k8s.io/reason"))
+                    .is_some_and(|v| !v.is_null())
+            }),
+        ),
+        ("_exists_:timestamp", Box::new(|_| true)),
+        // A field-less phrase: its words in order inside one value that
+        // field-less search covers (not request or response bodies).
+        (
+            "\"kube-system:replicaset-controller\"",
+            Box::new(|e| has_phrase(e, &["kube", "system", "replicaset", "controller"])),
+        ),
+        (
+            "\"system:serviceaccount\"",
+            Box::new(|e| has_phrase(e, &["system", "serviceaccount"])),
+        ),
+        (
             "annotations.authorization.k8s.io/decision:forbid",
             Box::new(|e| {
                 lookup(e, "annotations")
@@ -325,7 +357,47 @@ async fn every_event_is_stored_whole_and_searchable_by_field() {
         assert!(!want.is_empty(), "{q}: the corpus must exercise the case");
         assert_eq!(ids(&store, q).await, want, "{q}");
     }
+    // Words of different values are not a phrase, though every word is there.
+    assert!(!ids(&store, "create AND pods").await.is_empty());
+    assert!(expected(&events, |e| has_phrase(e, &["create", "pods"])).is_empty());
+    assert_eq!(ids(&store, "\"create pods\"").await, BTreeSet::new());
+    // A field whose name starts another's does not exist because of it.
+    assert!(!ids(&store, "_exists_:user.username").await.is_empty());
+    assert_eq!(ids(&store, "_exists_:user.user").await, BTreeSet::new());
+    assert_eq!(ids(&store, "_exists_:verbs").await, BTreeSet::new());
     store.shutdown().await;
+}
+
+/// A value at `path` that is not null.
+fn present(e: &Map<String, Value>, path: &str) -> bool {
+    lookup(e, path).is_some_and(|v| !v.is_null())
+}
+
+/// Whether a string value outside request and response bodies has `words`
+/// as consecutive words (split at anything not alphanumeric, lowercased).
+fn has_phrase(e: &Map<String, Value>, words: &[&str]) -> bool {
+    fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::String(s) => out.push(s),
+            Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            Value::Object(o) => o.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let mut values = Vec::new();
+    for (k, v) in e {
+        if k != "requestObject" && k != "responseObject" {
+            strings(v, &mut values);
+        }
+    }
+    values.iter().any(|value| {
+        let lower = value.to_lowercase();
+        let tokens: Vec<&str> = lower
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|t| !t.is_empty())
+            .collect();
+        tokens.windows(words.len()).any(|w| w == words)
+    })
 }
 
 #[tokio::test]
@@ -467,4 +539,151 @@ async fn an_identical_audit_event_is_stored_once() {
     let receipt = store.ingest(vec![b]).await.unwrap();
     assert_eq!(receipt.duplicates, 0);
     store.shutdown().await;
+}
+
+/// A partition created before `_all` lost its positions and `_exists` its
+/// per-path terms keeps its own schema: the store opens it, adds to it, and
+/// answers phrases and `_exists_` over old and new records alike.
+#[tokio::test]
+async fn partitions_of_the_earlier_schema_stay_readable_and_writable() {
+    use tantivy::schema::{IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions};
+    use ward_indexer::document;
+    use ward_indexer::partition::{self, Day};
+    use ward_indexer::schema::WardSchema;
+
+    let dir = tempfile::tempdir().unwrap();
+    let current = WardSchema::new();
+    // The earlier options: `_all` with positions and norms, `_exists`
+    // (like every keyword field) with norms; same fields, same order.
+    let mut builder = Schema::builder();
+    for (_, entry) in current.schema.fields() {
+        match entry.name() {
+            "_all" => {
+                builder.add_text_field(
+                    "_all",
+                    TextOptions::default().set_indexing_options(
+                        TextFieldIndexing::default()
+                            .set_tokenizer(ward_indexer::schema::TEXT_TOKENIZER)
+                            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+                    ),
+                );
+            }
+            "_exists" => {
+                builder.add_text_field("_exists", STRING);
+            }
+            _ => {
+                builder.add_field(entry.clone());
+            }
+        }
+    }
+    let legacy = builder.build();
+    assert_ne!(legacy, current.schema);
+    let time: DateTime<Utc> = "2026-11-20T10:00:00Z".parse().unwrap();
+    let day = Day::of(time);
+    let index_dir = partition::partition_dir(dir.path(), day).join(partition::INDEX_DIR);
+    std::fs::create_dir_all(&index_dir).unwrap();
+    let index = tantivy::Index::create_in_dir(&index_dir, legacy.clone()).unwrap();
+    WardSchema::register_tokenizers(&index);
+    let event = |id: &str, user: &str, impersonated: bool| {
+        let mut e = serde_json::json!({
+            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "auditID": id,
+            "stage": "ResponseComplete", "verb": "get",
+            "user": {"username": user},
+            "stageTimestamp": "2026-11-20T10:00:00Z",
+        });
+        if impersonated {
+            e["impersonatedUser"] = serde_json::json!({"username": "bob"});
+        }
+        Record {
+            id: id.into(),
+            source: SourceKind::Audit,
+            timestamp: time,
+            cluster: Some("test".into()),
+            node: None,
+            flags: vec![],
+            parse_error: None,
+            file: None,
+            offset: None,
+            event: e.as_object().unwrap().clone(),
+        }
+    };
+    {
+        let mut writer: tantivy::IndexWriter =
+            index.writer_with_num_threads(1, 15_000_000).unwrap();
+        let parsed = document::ParsedRecord::from_record(event(
+            "old-1",
+            "system:serviceaccount:kube-system:replicaset-controller",
+            true,
+        ));
+        // The earlier builder wrote the whole replay key as the `_key` term.
+        let built = document::build_parsed(&current, &parsed).doc;
+        let mut doc = tantivy::TantivyDocument::new();
+        for (field, value) in built.field_values() {
+            if field != current.key {
+                doc.add_field_value(field, value);
+            }
+        }
+        doc.add_text(current.key, &parsed.key);
+        // And one `_exists` term per path.
+        for path in [
+            "impersonatedUser",
+            "impersonatedUser.username",
+            "user.username",
+        ] {
+            doc.add_text(current.exists, path);
+        }
+        writer.add_document(doc).unwrap();
+        writer.commit().unwrap();
+    }
+    drop(index);
+
+    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+    assert_eq!(store.num_docs(), 1);
+    let mut w = BatchWriter::new();
+    w.push(&event(
+        "new-1",
+        "system:serviceaccount:kube-system:deployment-controller",
+        true,
+    ))
+    .unwrap();
+    w.push(&event("new-2", "alice", false)).unwrap();
+    store
+        .ingest(wire::decode(&w.take()).unwrap())
+        .await
+        .unwrap();
+    // The old record sent again is recognised (by its time and `_tie`).
+    let mut w = BatchWriter::new();
+    w.push(&event(
+        "old-1",
+        "system:serviceaccount:kube-system:replicaset-controller",
+        true,
+    ))
+    .unwrap();
+    let receipt = store
+        .ingest(wire::decode(&w.take()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(receipt.duplicates, 1);
+    assert_eq!(store.num_docs(), 3);
+    let set = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        ids(&store, "\"kube-system:replicaset-controller\"").await,
+        set(&["old-1"])
+    );
+    assert_eq!(
+        ids(&store, "\"serviceaccount:kube-system\"").await,
+        set(&["old-1", "new-1"])
+    );
+    assert_eq!(
+        ids(&store, "_exists_:impersonatedUser").await,
+        set(&["old-1", "new-1"])
+    );
+    assert_eq!(
+        ids(&store, "_exists_:impersonatedUser.username").await,
+        set(&["old-1", "new-1"])
+    );
+    store.shutdown().await;
+    // The partition still has the schema it was created with.
+    let reopened = tantivy::Index::open_in_dir(&index_dir).unwrap();
+    assert_eq!(reopened.schema(), legacy);
 }
