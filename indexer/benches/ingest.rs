@@ -51,7 +51,9 @@ fn ingest(c: &mut Criterion) {
             for _ in 0..iters {
                 let (docs, _) = support::build_documents(&corpus, &schema);
                 let dir = tempfile::tempdir().expect("temporary directory");
-                total += support::run_raw(docs, &settings, dir.path()).index.wall;
+                total += support::run_raw(docs, &settings, dir.path(), true)
+                    .index
+                    .wall;
             }
             total
         })

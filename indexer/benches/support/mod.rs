@@ -382,9 +382,11 @@ pub fn run_ward(corpus: &Corpus, settings: &Settings, dir: &Path) -> WardRun {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(store.shutdown());
+    // Merges still running when the last batch was acknowledged finish
+    // during shutdown: counted as trailing CPU, like the raw path's.
+    let ((), shutdown) = measure(|| runtime.block_on(store.shutdown()));
     drop(store);
-    let trailing_cpu = wait_idle(Duration::from_secs(120));
+    let trailing_cpu = shutdown.cpu + wait_idle(Duration::from_secs(120));
     WardRun {
         ingest,
         searches: searches.load(Ordering::Relaxed) as u64,
@@ -461,11 +463,27 @@ pub struct RawRun {
 }
 
 /// Raw tantivy: the same documents, same schema, same heap and threads,
-/// added directly and committed once.
-pub fn run_raw(docs: Vec<TantivyDocument>, settings: &Settings, dir: &Path) -> RawRun {
+/// added directly and committed once; with tantivy's default index settings
+/// (LZ4 document store in 16 KiB blocks), or with Ward's (`ward_settings`:
+/// zstd in 1 MiB blocks, see `partition::index_settings`).
+pub fn run_raw(
+    docs: Vec<TantivyDocument>,
+    settings: &Settings,
+    dir: &Path,
+    ward_settings: bool,
+) -> RawRun {
     let schema = WardSchema::new();
     let directory = MmapDirectory::open(dir).expect("open directory");
-    let index = Index::open_or_create(directory, schema.schema.clone()).expect("create index");
+    let index_settings = if ward_settings {
+        ward_indexer::partition::index_settings()
+    } else {
+        tantivy::IndexSettings::default()
+    };
+    let index = Index::builder()
+        .schema(schema.schema.clone())
+        .settings(index_settings)
+        .open_or_create(directory)
+        .expect("create index");
     WardSchema::register_tokenizers(&index);
     let mut writer: IndexWriter<TantivyDocument> = index
         .writer_with_num_threads(settings.writer_threads.max(1), settings.writer_heap_bytes)
