@@ -16,11 +16,10 @@ use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DateTime, Term};
 
 use crate::Error;
-use crate::phrase::StoredPhraseQuery;
 use crate::query::{Pattern, Piece, Query};
 use crate::schema::{
-    MESSAGE, PATH_SEPARATOR, STATUS_CODE, TIMESTAMP, WardSchema, flat_term_text, ip_term_text,
-    parse_ip, text_analyzer,
+    AUDIT_ID, MESSAGE, PATH_SEPARATOR, STATUS_CODE, TIMESTAMP, WardSchema, flat_term_text,
+    ip_term_text, parse_ip, text_analyzer,
 };
 
 type Boxed = Box<dyn TantivyQuery>;
@@ -54,9 +53,11 @@ pub fn compile(schema: &WardSchema, query: &Query) -> Result<Boxed, Error> {
         ])),
         Query::Exists { field } => exists(schema, field),
         Query::Term { field, value } => match field.as_deref() {
-            None => either(
+            None => fieldless(
+                schema,
                 text_pattern(schema.message, value)?,
-                all_pattern(schema, value)?,
+                text_pattern(schema.all, value)?,
+                value.as_literal().as_deref(),
             ),
             Some(MESSAGE) => text_pattern(schema.message, value)?,
             Some(TIMESTAMP) => {
@@ -74,7 +75,12 @@ pub fn compile(schema: &WardSchema, query: &Query) -> Result<Boxed, Error> {
             Some(f) => flat_pattern(schema, f, value)?,
         },
         Query::Phrase { field, text } => match field.as_deref() {
-            None => either(text_phrase(schema.message, text), all_phrase(schema, text)),
+            None => fieldless(
+                schema,
+                text_phrase(schema.message, text),
+                text_phrase(schema.all, text),
+                Some(text),
+            ),
             Some(MESSAGE) => text_phrase(schema.message, text),
             Some(f) => flat_pattern(schema, f, &Pattern::literal(text))?,
         },
@@ -151,22 +157,19 @@ fn exists(schema: &WardSchema, field: &str) -> Boxed {
     ]))
 }
 
-/// A field-less literal over `_all`: one word, or a phrase.
-fn all_pattern(schema: &WardSchema, value: &Pattern) -> Result<Boxed, Error> {
-    match value.as_literal() {
-        Some(literal) => Ok(all_phrase(schema, &literal)),
-        None => text_pattern(schema.all, value),
-    }
-}
-
-/// Words over `_all`, which has no positions: several words are a
-/// [`StoredPhraseQuery`].
-fn all_phrase(schema: &WardSchema, text: &str) -> Boxed {
-    let words = tokens(text);
-    if words.len() < 2 {
-        return text_phrase(schema.all, text);
-    }
-    Box::new(StoredPhraseQuery::new(schema.all, words, schema.source_doc))
+/// Field-less search: container lines, the short values of audit events,
+/// and, for a literal, an `auditID` matched whole (`_all` leaves it out).
+fn fieldless(schema: &WardSchema, message: Boxed, all: Boxed, literal: Option<&str>) -> Boxed {
+    let Some(literal) = literal else {
+        return either(message, all);
+    };
+    let mut term = String::new();
+    flat_term_text(AUDIT_ID, literal, &mut term);
+    Box::new(BooleanQuery::new(vec![
+        (Occur::Should, message),
+        (Occur::Should, all),
+        (Occur::Should, term_query(schema.flat, &term)),
+    ]))
 }
 
 fn either(a: Boxed, b: Boxed) -> Boxed {

@@ -11,7 +11,8 @@ use ward_event::wire::DecodedRecord;
 
 use crate::chain::{Digest32, record_digest};
 use crate::schema::{
-    MESSAGE, STATUS_CODE, TIMESTAMP, WardSchema, flat_term_text, ip_term_text, parse_ip, tie_of,
+    AUDIT_ID, MESSAGE, STATUS_CODE, TIMESTAMP, WardSchema, flat_term_text, ip_term_text,
+    is_time_text, parse_ip, tie_of,
 };
 
 /// Top-level objects that hold whole API objects (or Ward's bookkeeping):
@@ -210,25 +211,6 @@ fn feeds_all(is_audit: bool, top_key: &str) -> bool {
     is_audit && top_key != MESSAGE && top_key != TIMESTAMP && !NOT_IN_ALL.contains(&top_key)
 }
 
-/// Calls `f` with every string value that [`build_parsed`] puts in `_all`,
-/// one call per value: what a phrase over `_all` is checked against.
-pub(crate) fn for_each_all_value<'a>(hit: &'a Map<String, Value>, mut f: impl FnMut(&'a str)) {
-    fn walk<'a>(value: &'a Value, f: &mut impl FnMut(&'a str)) {
-        match value {
-            Value::String(s) => f(s),
-            Value::Array(items) => items.iter().for_each(|v| walk(v, f)),
-            Value::Object(map) => map.values().for_each(|v| walk(v, f)),
-            _ => {}
-        }
-    }
-    let is_audit = is_audit(hit);
-    for (key, value) in hit {
-        if feeds_all(is_audit, key) {
-            walk(value, &mut f);
-        }
-    }
-}
-
 /// A dotted name resolved the way analysts write it: a key that contains
 /// dots literally (annotation keys) before a nested path.
 pub fn lookup<'a>(object: &'a Map<String, Value>, dotted: &str) -> Option<&'a Value> {
@@ -280,7 +262,7 @@ impl LeafIndexer<'_> {
                     ip_term_text(&self.path, bits, &mut self.term);
                     self.doc.add_text(self.schema.ip, &self.term);
                 }
-                if self.to_all {
+                if self.to_all && self.path != AUDIT_ID && !is_time_text(s) {
                     self.doc.add_text(self.schema.all, s);
                 }
             }

@@ -8,7 +8,6 @@
 //! - [`document`]: one decoded record → one tantivy document;
 //! - [`query`]: the Lucene-like query language (parser and AST);
 //! - [`compile`]: query AST → tantivy query;
-//! - [`phrase`]: phrases over `_all` (no positions), checked on stored records;
 //! - [`store`]: the single writer with group commit, replay detection,
 //!   retention, and search over partitions;
 //! - [`page`]: time-ordered pages and their cursors (search-after);
@@ -36,7 +35,6 @@ pub mod document;
 mod error;
 pub mod page;
 pub mod partition;
-pub mod phrase;
 pub mod query;
 pub mod redact;
 pub mod schema;

@@ -17,11 +17,13 @@
 //!   term per path, and queries still read them;
 //! - `message`: container log text, tokenized with positions for phrases;
 //! - `_all`: the short string values of audit events (user, IPs, names,
-//!   URIs; not request or response bodies), tokenized, without positions: a
-//!   phrase over `_all` is the conjunction of its words, checked against the
-//!   stored record (see [`crate::phrase`]). Positions were 12% of the bytes
-//!   on disk (BENCHMARKS.md); container lines, where phrases are the usual
-//!   search, keep them in `message`;
+//!   URIs; not request or response bodies), tokenized with positions for
+//!   phrases, for field-less search. Times and the `auditID` are left out:
+//!   their tokens (`23t10`, `123456z`, UUID pieces) are new terms in nearly
+//!   every event, and nobody searches them without a field (a time range
+//!   does that; a field-less `auditID` is matched whole through `_flat`, see
+//!   [`crate::compile`]). Leaving them out made `_all` 40% smaller
+//!   (BENCHMARKS.md);
 //! - `timestamp` and `responseStatus.code`: fast numeric columns for ranges,
 //!   sorting and histograms;
 //! - keyword columns (`verb`, `user.username`, `sourceIPs`, …): fast string
@@ -41,8 +43,8 @@
 //! id in every partition and one compiled query runs on all of them. A
 //! partition keeps the schema it was created with (tantivy stores it in
 //! `meta.json`), so the options of a field may differ between partitions:
-//! partitions created before the storage rework index `_all` with positions
-//! and field norms, and they stay readable. A partition written before `_tie`
+//! partitions created before the storage rework have field norms (and
+//! `_exists` terms per path, `_key` terms), and they stay readable. A partition written before `_tie`
 //! and `_ip` existed must be re-ingested (there was no release before them).
 
 use tantivy::schema::{
@@ -89,6 +91,8 @@ pub const TIMESTAMP: &str = "timestamp";
 pub const TIE: &str = "_tie";
 /// The text field of container lines.
 pub const MESSAGE: &str = "message";
+/// The API server's id of an audit event.
+pub const AUDIT_ID: &str = "auditID";
 
 /// Field handles of Ward's schema.
 #[derive(Clone, Debug)]
@@ -132,7 +136,7 @@ impl WardSchema {
         let flat = b.add_text_field("_flat", keyword());
         let exists = b.add_text_field("_exists", keyword());
         let message = b.add_text_field("message", text(IndexRecordOption::WithFreqsAndPositions));
-        let all = b.add_text_field("_all", text(IndexRecordOption::Basic));
+        let all = b.add_text_field("_all", text(IndexRecordOption::WithFreqsAndPositions));
         let status_code = b.add_u64_field(
             "_status_code",
             NumericOptions::default().set_fast().set_indexed(),
@@ -243,6 +247,18 @@ pub(crate) fn truncate_at_char_boundary(value: &str, max: usize) -> &str {
     &value[..end]
 }
 
+/// Whether a string is an RFC 3339 time (`2026-11-23T10:00:00Z`), by shape.
+pub fn is_time_text(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && matches!(b[10], b'T' | b't')
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[..4].iter().all(u8::is_ascii_digit)
+}
+
 /// The tie-breaker of a record: FNV-1a over its replay key. Stable across
 /// builds and platforms (it is stored, cursors compare stored values, and
 /// with the record's time it is what replays are recognised by).
@@ -287,4 +303,28 @@ pub fn ip_term_text(path: &str, bits: u128, out: &mut String) {
     out.push_str(path);
     out.push(PATH_SEPARATOR);
     let _ = write!(out, "{bits:032x}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_recognised_by_shape() {
+        for time in [
+            "2026-11-23T10:00:00Z",
+            "2026-11-23T10:00:00.123456Z",
+            "2026-11-23t10:00:00+01:00",
+        ] {
+            assert!(is_time_text(time), "{time}");
+        }
+        for other in [
+            "2026-11-23",
+            "system:serviceaccount:kube-system:replicaset-controller",
+            "abcd-11-23T10:00:00Z",
+            "",
+        ] {
+            assert!(!is_time_text(other), "{other}");
+        }
+    }
 }

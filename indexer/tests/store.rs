@@ -361,6 +361,19 @@ async fn every_event_is_stored_whole_and_searchable_by_field() {
     assert!(!ids(&store, "create AND pods").await.is_empty());
     assert!(expected(&events, |e| has_phrase(e, &["create", "pods"])).is_empty());
     assert_eq!(ids(&store, "\"create pods\"").await, BTreeSet::new());
+    // Field-less search finds an `auditID` whole (`_all` leaves it out),
+    // but not the pieces of one, nor times.
+    let audit_id = str_at(&events[0], "auditID").unwrap().to_owned();
+    let want = expected(&events, |e| str_at(e, "auditID") == Some(audit_id.as_str()));
+    assert!(!want.is_empty());
+    assert_eq!(ids(&store, &format!("\"{audit_id}\"")).await, want);
+    assert_eq!(ids(&store, &audit_id.to_uppercase()).await, want);
+    let piece = audit_id.split('-').next().unwrap();
+    if piece != audit_id {
+        assert_eq!(ids(&store, piece).await, BTreeSet::new(), "{piece}");
+    }
+    let time = str_at(&events[0], "stageTimestamp").unwrap().to_owned();
+    assert_eq!(ids(&store, &format!("\"{time}\"")).await, BTreeSet::new());
     // A field whose name starts another's does not exist because of it.
     assert!(!ids(&store, "_exists_:user.username").await.is_empty());
     assert_eq!(ids(&store, "_exists_:user.user").await, BTreeSet::new());
@@ -541,9 +554,10 @@ async fn an_identical_audit_event_is_stored_once() {
     store.shutdown().await;
 }
 
-/// A partition created before `_all` lost its positions and `_exists` its
-/// per-path terms keeps its own schema: the store opens it, adds to it, and
-/// answers phrases and `_exists_` over old and new records alike.
+/// A partition created before the storage rework (field norms, an
+/// `_exists` term per path, the whole replay key as a `_key` term) keeps its
+/// own schema: the store opens it, adds to it, recognises replays of its
+/// records, and answers phrases and `_exists_` over old and new records.
 #[tokio::test]
 async fn partitions_of_the_earlier_schema_stay_readable_and_writable() {
     use tantivy::schema::{IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions};
@@ -553,8 +567,8 @@ async fn partitions_of_the_earlier_schema_stay_readable_and_writable() {
 
     let dir = tempfile::tempdir().unwrap();
     let current = WardSchema::new();
-    // The earlier options: `_all` with positions and norms, `_exists`
-    // (like every keyword field) with norms; same fields, same order.
+    // The earlier options: `_all` and `_exists` (like every indexed field)
+    // with norms; same fields, same order.
     let mut builder = Schema::builder();
     for (_, entry) in current.schema.fields() {
         match entry.name() {
