@@ -18,8 +18,9 @@
 //! needed because nothing is acknowledged before it is in a committed
 //! segment.
 //!
-//! Exactly once: each partition remembers the replay keys of its records
-//! (derived from its committed `_key` terms, so atomic with the data). A
+//! Exactly once: each partition remembers the time and `_tie` (a hash of
+//! the replay key) of its records, read from its committed fast columns, so
+//! atomic with the data (see `KnownRecords`). A
 //! record always maps to the same day, so a replay meets its original in
 //! the same partition and is dropped. If one partition of a batch commits
 //! and another fails, the batch is refused; when it is resent, the
