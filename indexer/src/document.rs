@@ -74,16 +74,73 @@ pub struct ParsedRecord {
 
 impl ParsedRecord {
     pub fn from_record(record: DecodedRecord) -> ParsedRecord {
-        let id = record.id.clone();
-        let timestamp_nanos = record.timestamp.timestamp_nanos_opt().unwrap_or(i64::MAX);
-        let key = replay_key(&record);
-        ParsedRecord {
-            id,
-            key,
-            timestamp_nanos,
-            hit: hit(record),
-        }
+        parse(record).0
     }
+}
+
+/// The keys [`hit`] adds when the event does not have them, besides `ward`.
+const ADDED_KEYS: [&str; 4] = [TIMESTAMP, "source", "cluster", "node"];
+
+/// An audit event's JSON as serialized for its replay key, kept to start
+/// its stored form with instead of serializing the event a second time
+/// (when redaction leaves the record as it was).
+pub(crate) struct EventJson {
+    bytes: Vec<u8>,
+    /// Which of [`ADDED_KEYS`] the event lacked.
+    lacked: [bool; 4],
+}
+
+impl EventJson {
+    /// The stored form of `hit`: the event's own JSON, then the keys Ward
+    /// added. The same object as `serde_json::to_vec(hit)`, keys in another
+    /// order.
+    fn stored(&self, hit: &Map<String, Value>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes.len() + 256);
+        let body = self.bytes.strip_suffix(b"}").unwrap_or(&self.bytes);
+        out.extend_from_slice(body);
+        let mut first = body == b"{";
+        let added = ADDED_KEYS
+            .iter()
+            .zip(self.lacked)
+            .filter(|(_, lacked)| *lacked)
+            .map(|(key, _)| *key)
+            .chain(["ward"]);
+        for key in added {
+            if let Some(value) = hit.get(key) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                // Writing strings and values to a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut out, key);
+                out.push(b':');
+                let _ = serde_json::to_writer(&mut out, value);
+            }
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+/// Parses a record once; for an audit event, also keeps the JSON its
+/// replay key was computed from.
+pub(crate) fn parse(record: DecodedRecord) -> (ParsedRecord, Option<EventJson>) {
+    let id = record.id.clone();
+    let timestamp_nanos = record.timestamp.timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let (key, bytes) = replay_key(&record);
+    let event_json = bytes
+        .filter(|_| !record.event.contains_key("ward"))
+        .map(|bytes| EventJson {
+            bytes,
+            lacked: ADDED_KEYS.map(|k| !record.event.contains_key(k)),
+        });
+    let parsed = ParsedRecord {
+        id,
+        key,
+        timestamp_nanos,
+        hit: hit(record),
+    };
+    (parsed, event_json)
 }
 
 /// An audit event's replay key: the API server's `auditID` and `stage`
@@ -91,38 +148,26 @@ impl ParsedRecord {
 /// reuse an `auditID` for different events (test traces do). The same
 /// event sent twice (a retried webhook batch, a log file read again after
 /// copytruncate, the webhook and the log backend both on) has one key.
-fn replay_key(record: &DecodedRecord) -> String {
+/// Returns the event's JSON that was hashed, too.
+fn replay_key(record: &DecodedRecord) -> (String, Option<Vec<u8>>) {
     let text = |k: &str| record.event.get(k).and_then(Value::as_str);
     match (record.source, text("auditID"), text("stage")) {
         (SourceKind::Audit, Some(audit_id), Some(stage))
             if !audit_id.is_empty() && record.parse_error.is_none() =>
         {
             use std::hash::Hasher;
-            // Hash the event's JSON as it is written, without building it.
-            let mut h = HashWriter(std::collections::hash_map::DefaultHasher::new());
-            let _ = serde_json::to_writer(&mut h, &record.event);
-            let h = h.0;
-            format!(
+            // Serializing a Map cannot fail: its keys are strings.
+            let bytes = serde_json::to_vec(&record.event).unwrap_or_default();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            h.write(&bytes);
+            let key = format!(
                 "audit\u{0}{}\u{0}{audit_id}\u{0}{stage}\u{0}{:016x}",
                 record.cluster.as_deref().unwrap_or(""),
                 h.finish()
-            )
+            );
+            (key, Some(bytes))
         }
-        _ => record.id.clone(),
-    }
-}
-
-/// Feeds written bytes into a hasher.
-struct HashWriter<H>(H);
-
-impl<H: std::hash::Hasher> std::io::Write for HashWriter<H> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.write(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        _ => (record.id.clone(), None),
     }
 }
 
@@ -142,6 +187,16 @@ pub struct Built {
 
 /// Builds the tantivy document of a record already parsed.
 pub fn build_parsed(schema: &WardSchema, record: &ParsedRecord) -> Built {
+    build_parsed_with(schema, record, None)
+}
+
+/// [`build_parsed`], starting the stored form with the event's JSON from
+/// [`parse`] when there is one.
+pub(crate) fn build_parsed_with(
+    schema: &WardSchema,
+    record: &ParsedRecord,
+    event_json: Option<&EventJson>,
+) -> Built {
     let ParsedRecord {
         key,
         timestamp_nanos: nanos,
@@ -195,8 +250,11 @@ pub fn build_parsed(schema: &WardSchema, record: &ParsedRecord) -> Built {
             _ => {}
         }
     }
-    // Serializing a Map cannot fail: its keys are strings.
-    let stored = serde_json::to_vec(hit).unwrap_or_default();
+    let stored = match event_json {
+        Some(json) => json.stored(hit),
+        // Serializing a Map cannot fail: its keys are strings.
+        None => serde_json::to_vec(hit).unwrap_or_default(),
+    };
     let digest = record_digest(&stored);
     doc.add_bytes(schema.source_doc, &stored);
     Built { doc, digest, tie }
@@ -282,6 +340,91 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn audit_record(event: Value, cluster: Option<&str>) -> DecodedRecord {
+        ward_event::Record {
+            id: "n1/f/0".into(),
+            source: SourceKind::Audit,
+            timestamp: chrono::DateTime::from_timestamp(1_700_000_000, 5).unwrap(),
+            cluster: cluster.map(str::to_owned),
+            node: None,
+            flags: vec![],
+            parse_error: None,
+            file: Some("/var/log/audit.log".into()),
+            offset: Some(0),
+            event: event.as_object().unwrap().clone(),
+        }
+    }
+
+    /// Replay keys are on disk (as `_tie`): hashing the event's JSON in one
+    /// piece must give what hashing it as serde writes it (in pieces) gave.
+    #[test]
+    fn replay_keys_hash_the_event_json_as_before() {
+        struct Pieces(std::collections::hash_map::DefaultHasher);
+        impl std::io::Write for Pieces {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                std::hash::Hasher::write(&mut self.0, bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let record = audit_record(
+            json!({"auditID": "a-1", "stage": "ResponseComplete", "verb": "get",
+                   "user": {"username": "alice", "groups": ["g1", "g2"]}, "n": 1.5}),
+            Some("prod"),
+        );
+        let mut pieces = Pieces(std::collections::hash_map::DefaultHasher::new());
+        serde_json::to_writer(&mut pieces, &record.event).unwrap();
+        let expected = format!(
+            "audit\u{0}prod\u{0}a-1\u{0}ResponseComplete\u{0}{:016x}",
+            std::hash::Hasher::finish(&pieces.0)
+        );
+        assert_eq!(ParsedRecord::from_record(record).key, expected);
+    }
+
+    /// The stored form built from the kept event JSON is the same object as
+    /// the hit serialized whole, whichever keys Ward had to add.
+    #[test]
+    fn stored_form_from_the_event_json_is_the_hit() {
+        use tantivy::schema::Value as _;
+        let schema = WardSchema::new();
+        for (event, cluster) in [
+            (
+                json!({"auditID": "a", "stage": "s", "verb": "get"}),
+                Some("c"),
+            ),
+            (
+                json!({"auditID": "a", "stage": "s", "cluster": "own", "source": "x"}),
+                Some("c"),
+            ),
+            (
+                json!({"auditID": "a", "stage": "s", "timestamp": "t", "node": "n"}),
+                None,
+            ),
+        ] {
+            let (parsed, json) = parse(audit_record(event, cluster));
+            let json = json.expect("audit events keep their JSON");
+            let reused = build_parsed_with(&schema, &parsed, Some(&json));
+            let whole = build_parsed(&schema, &parsed);
+            let stored = |b: &Built| -> Value {
+                let bytes = b
+                    .doc
+                    .get_first(schema.source_doc)
+                    .and_then(|v| v.as_bytes());
+                serde_json::from_slice(bytes.unwrap()).unwrap()
+            };
+            assert_eq!(stored(&reused), stored(&whole));
+            assert_eq!(stored(&reused), Value::Object(parsed.hit.clone()));
+        }
+        // An event with its own `ward` key is stored whole.
+        let (_, json) = parse(audit_record(
+            json!({"auditID": "a", "stage": "s", "ward": 1}),
+            None,
+        ));
+        assert!(json.is_none());
+    }
 
     #[test]
     fn lookup_prefers_literal_dotted_keys() {

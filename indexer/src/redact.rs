@@ -147,7 +147,8 @@ impl Redactor {
     }
 
     /// Redacts a stored hit in place.
-    pub fn redact(&self, hit: &mut Map<String, Value>) {
+    /// Redacts a hit in place; true if anything was replaced.
+    pub fn redact(&self, hit: &mut Map<String, Value>) -> bool {
         let mut fired: Vec<String> = Vec::new();
         let source = match hit.get("source").and_then(Value::as_str) {
             Some("audit") => Some(true),
@@ -183,14 +184,16 @@ impl Redactor {
                 }
             }
         }
-        if !fired.is_empty()
-            && let Some(Value::Object(ward)) = hit.get_mut("ward")
-        {
+        if fired.is_empty() {
+            return false;
+        }
+        if let Some(Value::Object(ward)) = hit.get_mut("ward") {
             ward.insert(
                 "redacted".into(),
                 Value::Array(fired.into_iter().map(Value::String).collect()),
             );
         }
+        true
     }
 }
 

@@ -388,19 +388,21 @@ impl Store {
 
     fn enqueue(&self, records: Vec<DecodedRecord>, ack: Ack) -> Result<(), Error> {
         let schema = &self.inner.schema;
-        let mut parsed: Vec<ParsedRecord> =
-            records.into_iter().map(ParsedRecord::from_record).collect();
+        let (mut parsed, event_jsons): (Vec<ParsedRecord>, Vec<_>) =
+            records.into_iter().map(document::parse).unzip();
         if let Some(tap) = &self.inner.tap {
             tap.observe(&parsed);
         }
         let redactor = &self.inner.redactor;
         let docs: Vec<Pending> = parsed
             .iter_mut()
-            .map(|r| {
-                if redactor.is_enabled() {
-                    redactor.redact(&mut r.hit);
-                }
-                let document::Built { doc, digest, tie } = document::build_parsed(schema, r);
+            .zip(&event_jsons)
+            .map(|(r, event_json)| {
+                let redacted = redactor.is_enabled() && redactor.redact(&mut r.hit);
+                // A redacted record is stored as it now is, not as it came.
+                let event_json = event_json.as_ref().filter(|_| !redacted);
+                let document::Built { doc, digest, tie } =
+                    document::build_parsed_with(schema, r, event_json);
                 Pending {
                     key: RecordKey {
                         nanos: r.timestamp_nanos,
