@@ -124,15 +124,17 @@ pub fn namespace_scope(schema: &WardSchema, namespaces: &[String]) -> Boxed {
 /// `_exists_:field`: the record has a value at `field` (a leaf, or an
 /// object with at least one leaf under it, as in Elasticsearch).
 ///
-/// Answered from `_flat`, which has a term `<path>\0<value>` for every
-/// leaf: the field's leaves are the terms from `field\0` up to `field\x01`,
-/// and the leaves under it the terms from `field.` up to `field/`. Older
-/// partitions also have an `_exists` term per path; `message`, which is not
-/// in `_flat`, still has one.
+/// A top-level field has an `_exists` term. A nested one is answered from
+/// `_flat`, which has a term `<path>\0<value>` for every leaf: the field's
+/// leaves are the terms from `field\0` up to `field\x01`, and the leaves
+/// under it the terms from `field.` up to `field/`. As in Elasticsearch,
+/// where dotted keys are objects, `annotations.authorization` exists when
+/// an `authorization.k8s.io/…` annotation does. Older partitions have an
+/// `_exists` term for every path, which is ORed in.
 fn exists(schema: &WardSchema, field: &str) -> Boxed {
     match field {
         TIMESTAMP => return Box::new(AllQuery),
-        MESSAGE => return term_query(schema.exists, MESSAGE),
+        f if !f.contains('.') => return term_query(schema.exists, f),
         _ => {}
     }
     let slice = |from: char, to: char| -> (Occur, Boxed) {

@@ -156,16 +156,17 @@ fn replay_key(record: &DecodedRecord) -> (String, Option<Vec<u8>>) {
             if !audit_id.is_empty() && record.parse_error.is_none() =>
         {
             use std::hash::Hasher;
-            // Serializing a Map cannot fail: its keys are strings.
-            let bytes = serde_json::to_vec(&record.event).unwrap_or_default();
+            // Serializing a Map cannot fail: its keys are strings. Should it
+            // ever, the key hashes nothing and the stored form is built whole.
+            let bytes = serde_json::to_vec(&record.event).ok();
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            h.write(&bytes);
+            h.write(bytes.as_deref().unwrap_or_default());
             let key = format!(
                 "audit\u{0}{}\u{0}{audit_id}\u{0}{stage}\u{0}{:016x}",
                 record.cluster.as_deref().unwrap_or(""),
                 h.finish()
             );
-            (key, Some(bytes))
+            (key, bytes)
         }
         _ => (record.id.clone(), None),
     }
@@ -211,6 +212,11 @@ pub(crate) fn build_parsed_with(
         schema.timestamp,
         tantivy::DateTime::from_timestamp_nanos(nanos),
     );
+    if is_time_inferred(record) {
+        // Its time is when it was read, so a replay has another: it is
+        // recognised by its whole key instead (see `crate::store`).
+        doc.add_text(schema.key, key);
+    }
     let is_audit = is_audit(hit);
     let mut indexer = LeafIndexer {
         schema,
@@ -229,6 +235,12 @@ pub(crate) fn build_parsed_with(
                 }
             }
             _ => {
+                // Top-level fields keep an `_exists` term: `_exists_:f` on
+                // them is one posting list, not a scan of every `_flat`
+                // term under `f` (a request body has hundreds).
+                if has_leaf(value) {
+                    indexer.doc.add_text(schema.exists, key);
+                }
                 indexer.to_all = feeds_all(is_audit, key);
                 indexer.path.clear();
                 indexer.path.push_str(key);
@@ -258,6 +270,27 @@ pub(crate) fn build_parsed_with(
     let digest = record_digest(&stored);
     doc.add_bytes(schema.source_doc, &stored);
     Built { doc, digest, tie }
+}
+
+/// Whether a value holds anything that `_flat` indexes: what `_exists_`
+/// means (as in Elasticsearch, null, `[]` and `{}` do not exist).
+fn has_leaf(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Array(items) => items.iter().any(has_leaf),
+        Value::Object(map) => map.values().any(has_leaf),
+        _ => true,
+    }
+}
+
+/// Whether a record's time is the time it was read (the line had none).
+pub fn is_time_inferred(record: &ParsedRecord) -> bool {
+    record
+        .hit
+        .get("ward")
+        .and_then(|w| w.get("flags"))
+        .and_then(Value::as_array)
+        .is_some_and(|flags| flags.iter().any(|f| f == "time_inferred"))
 }
 
 fn is_audit(hit: &Map<String, Value>) -> bool {
@@ -356,6 +389,36 @@ mod tests {
         }
     }
 
+    /// The top-level keys of a JSON object, in order, duplicates kept.
+    fn top_level_keys(bytes: &[u8]) -> Vec<String> {
+        struct Keys(Vec<String>);
+        impl<'de> serde::Deserialize<'de> for Keys {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Keys, D::Error> {
+                struct Visitor;
+                impl<'de> serde::de::Visitor<'de> for Visitor {
+                    type Value = Keys;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("an object")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<Keys, A::Error> {
+                        let mut keys = Vec::new();
+                        while let Some((k, _)) =
+                            map.next_entry::<String, serde::de::IgnoredAny>()?
+                        {
+                            keys.push(k);
+                        }
+                        Ok(Keys(keys))
+                    }
+                }
+                d.deserialize_map(Visitor)
+            }
+        }
+        serde_json::from_slice::<Keys>(bytes).unwrap().0
+    }
+
     /// Replay keys are on disk (as `_tie`): hashing the event's JSON in one
     /// piece must give what hashing it as serde writes it (in pieces) gave.
     #[test]
@@ -417,6 +480,15 @@ mod tests {
             };
             assert_eq!(stored(&reused), stored(&whole));
             assert_eq!(stored(&reused), Value::Object(parsed.hit.clone()));
+            // serde_json keeps the last of duplicate keys: count them.
+            let bytes = reused
+                .doc
+                .get_first(schema.source_doc)
+                .and_then(|v| v.as_bytes());
+            let keys = top_level_keys(bytes.unwrap());
+            let unique: std::collections::BTreeSet<&String> = keys.iter().collect();
+            assert_eq!(keys.len(), unique.len(), "{keys:?}");
+            assert_eq!(keys.len(), parsed.hit.len());
         }
         // An event with its own `ward` key is stored whole.
         let (_, json) = parse(audit_record(

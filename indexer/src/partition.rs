@@ -142,10 +142,37 @@ pub fn open_index(
             .settings(index_settings())
             .open_or_create(directory)?
     } else {
-        Index::open(directory)?
+        let index = Index::open(directory)?;
+        check_schema(&index.schema(), &schema.schema, &dir)?;
+        index
     };
     WardSchema::register_tokenizers(&index);
     Ok(index)
+}
+
+/// A partition keeps the schema it was created with; its fields' options
+/// may differ from today's, but queries are compiled once for all
+/// partitions, so every field must have the same id, name and type.
+fn check_schema(
+    on_disk: &tantivy::schema::Schema,
+    current: &tantivy::schema::Schema,
+    dir: &Path,
+) -> Result<(), Error> {
+    let disk: Vec<_> = on_disk.fields().collect();
+    for (field, entry) in current.fields() {
+        let same = disk.get(field.field_id() as usize).is_some_and(|(_, d)| {
+            d.name() == entry.name()
+                && d.field_type().value_type() == entry.field_type().value_type()
+        });
+        if !same {
+            return Err(Error::Tantivy(tantivy::TantivyError::SchemaError(format!(
+                "{}: the index was written by an incompatible version of Ward (field {:?}); re-ingest it",
+                dir.display(),
+                entry.name()
+            ))));
+        }
+    }
+    Ok(())
 }
 
 /// Bytes on disk under a directory (files only, not following links).

@@ -9,12 +9,12 @@
 //!   so that *every* field is searchable by its dotted name, exactly or with
 //!   wildcards and regular expressions (which then only scan that path's
 //!   slice of the term dictionary);
-//! - `_exists`: only `message`, for `_exists_:message` (container lines;
-//!   `message` is not in `_flat`). Every other `_exists_:field` is the
-//!   field's slice of `_flat` terms (see [`crate::compile`]), which costs a
-//!   term-range scan at query time instead of ~50 terms per audit event at
-//!   ingest. Partitions written before that change also have one `_exists`
-//!   term per path, and queries still read them;
+//! - `_exists`: one term per top-level field that has a value (and
+//!   `message`, which is not in `_flat`). `_exists_` on a nested field is
+//!   its slice of `_flat` terms (see [`crate::compile`]): a term-range scan
+//!   at query time instead of ~50 terms per audit event at ingest.
+//!   Partitions written before that change have one `_exists` term per
+//!   path, and queries still read them;
 //! - `message`: container log text, tokenized with positions for phrases;
 //! - `_all`: the short string values of audit events (user, IPs, names,
 //!   URIs; not request or response bodies), tokenized with positions for
@@ -99,10 +99,10 @@ pub const AUDIT_ID: &str = "auditID";
 pub struct WardSchema {
     pub schema: Schema,
     pub source_doc: Field,
-    /// The whole replay key, as a term. Written by earlier releases only:
-    /// replays are now recognised by `timestamp` and `_tie` (see
-    /// [`crate::store`]), and the key's term took 0.04 bytes on disk per
-    /// byte of audit JSON.
+    /// The whole replay key, as a term, of records whose time was inferred
+    /// (earlier releases wrote it for every record, 0.04 bytes on disk per
+    /// byte of audit JSON): the others are recognised by `timestamp` and
+    /// `_tie` (see [`crate::store`]).
     pub key: Field,
     /// The hash-chain batch a record was committed in (see [`crate::chain`]).
     pub batch: Field,
@@ -247,16 +247,20 @@ pub(crate) fn truncate_at_char_boundary(value: &str, max: usize) -> &str {
     &value[..end]
 }
 
-/// Whether a string is an RFC 3339 time (`2026-11-23T10:00:00Z`), by shape.
+/// Whether a whole string is an RFC 3339 time (`2026-11-23T10:00:00Z`,
+/// with fractions and offsets), by shape.
 pub fn is_time_text(s: &str) -> bool {
     let b = s.as_bytes();
-    b.len() >= 20
+    (20..=35).contains(&b.len())
         && b[4] == b'-'
         && b[7] == b'-'
         && matches!(b[10], b'T' | b't')
         && b[13] == b':'
         && b[16] == b':'
         && b[..4].iter().all(u8::is_ascii_digit)
+        && b[19..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'Z' | b'z' | b'+' | b'-' | b':'))
 }
 
 /// The tie-breaker of a record: FNV-1a over its replay key. Stable across
@@ -322,6 +326,7 @@ mod tests {
             "2026-11-23",
             "system:serviceaccount:kube-system:replicaset-controller",
             "abcd-11-23T10:00:00Z",
+            "2026-11-23T10:00:00Z: connection refused by the webhook",
             "",
         ] {
             assert!(!is_time_text(other), "{other}");

@@ -19,8 +19,9 @@
 //! segment.
 //!
 //! Exactly once: each partition remembers the time and `_tie` (a hash of
-//! the replay key) of its records, read from its committed fast columns, so
-//! atomic with the data (see `KnownRecords`). A
+//! the replay key) of its records, read from its committed fast columns,
+//! or for records whose time was inferred their whole key, from `_key`
+//! terms; so atomic with the data (see `KnownRecords`). A
 //! record always maps to the same day, so a replay meets its original in
 //! the same partition and is dropped. If one partition of a batch commits
 //! and another fails, the batch is refused; when it is resent, the
@@ -403,11 +404,16 @@ impl Store {
                 let event_json = event_json.as_ref().filter(|_| !redacted);
                 let document::Built { doc, digest, tie } =
                     document::build_parsed_with(schema, r, event_json);
-                Pending {
-                    key: RecordKey {
+                let key = if document::is_time_inferred(r) {
+                    RecordKey::whole(&r.key)
+                } else {
+                    RecordKey::Timed {
                         nanos: r.timestamp_nanos,
                         tie,
-                    },
+                    }
+                };
+                Pending {
+                    key,
                     day: Day::of_nanos(r.timestamp_nanos),
                     digest,
                     doc,
@@ -679,10 +685,16 @@ pub(crate) fn time_range(
     )
 }
 
+/// Decompressed document-store blocks a reader keeps per segment. Blocks
+/// are 1 MiB (see `partition`), so tantivy's default of 100 would let each
+/// open segment hold 100 MiB.
+const DOC_STORE_CACHE_BLOCKS: usize = 8;
+
 fn reader_of(index: &Index) -> Result<IndexReader, Error> {
     Ok(index
         .reader_builder()
         .reload_policy(ReloadPolicy::Manual)
+        .doc_store_cache_num_blocks(DOC_STORE_CACHE_BLOCKS)
         .try_into()?)
 }
 
@@ -713,26 +725,55 @@ fn ledger_partitions(data_dir: &Path) -> Result<HashSet<String>, Error> {
 /// are fast columns of the committed index, written in the same commit as
 /// the records: the set is atomic with the data by construction, and
 /// rebuilt from the columns when the partition is opened for writing.
-/// (Earlier releases kept the whole key as a `_key` term: 0.04 bytes on disk
-/// per byte of audit JSON, and a term dictionary for merges to rewrite.)
 /// Two different records are taken for one only if they have the same
-/// nanosecond and the same 64-bit hash. The set costs about 32 bytes of
-/// memory per record of the partitions being written (normally today's).
+/// nanosecond and the same 64-bit hash.
+///
+/// A record whose time was inferred (the line had none: it is when the line
+/// was read) would have another time when replayed, so it is known by a
+/// 128-bit hash of its whole key instead, from the `_key` term that only
+/// such records get. (Earlier releases wrote a `_key` term for every record,
+/// 0.04 bytes on disk per byte of audit JSON; those partitions' records are
+/// known both ways.) The set costs about 32 bytes of memory per record of
+/// the partitions being written (normally today's).
 struct KnownRecords {
     committed: HashSet<RecordKey>,
     /// Added since the last commit; folded in on success, dropped on failure.
     pending: HashSet<RecordKey>,
 }
 
-/// What a record is recognised by: its time and its tie-breaker.
+/// What a record is recognised by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct RecordKey {
-    nanos: i64,
-    tie: u64,
+pub(crate) enum RecordKey {
+    /// Its own time and its tie-breaker.
+    Timed { nanos: i64, tie: u64 },
+    /// Its whole replay key, hashed to 128 bits (two independent 64-bit
+    /// hashes, so that a collision, which would wrongly drop a record, is
+    /// out of practical reach).
+    Whole(u64, u64),
+}
+
+impl RecordKey {
+    fn whole(key: &str) -> RecordKey {
+        Self::whole_of_bytes(key.as_bytes())
+    }
+
+    fn whole_of_bytes(key: &[u8]) -> RecordKey {
+        use std::hash::{Hash, Hasher};
+        // `DefaultHasher::new()` has fixed keys: stable within a build,
+        // which is all a set rebuilt at start-up needs.
+        let mut a = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut a);
+        let mut b = std::collections::hash_map::DefaultHasher::new();
+        (0x5eed_u16, key).hash(&mut b);
+        RecordKey::Whole(a.finish(), b.finish())
+    }
 }
 
 impl KnownRecords {
-    fn load(reader: &IndexReader) -> Result<KnownRecords, Error> {
+    fn load(
+        reader: &IndexReader,
+        key_field: tantivy::schema::Field,
+    ) -> Result<KnownRecords, Error> {
         let mut committed = HashSet::new();
         let searcher = reader.searcher();
         for segment in searcher.segment_readers() {
@@ -744,11 +785,19 @@ impl KnownRecords {
                     continue;
                 }
                 if let (Some(time), Some(tie)) = (times.first(doc), ties.first(doc)) {
-                    committed.insert(RecordKey {
+                    committed.insert(RecordKey::Timed {
                         nanos: time.into_timestamp_nanos(),
                         tie,
                     });
                 }
+            }
+            let inverted = segment.inverted_index(key_field)?;
+            let mut terms = inverted
+                .terms()
+                .stream()
+                .map_err(|source| Error::io(Path::new("index/_key terms"), source))?;
+            while terms.advance() {
+                committed.insert(RecordKey::whole_of_bytes(terms.key()));
             }
         }
         Ok(KnownRecords {
@@ -982,7 +1031,7 @@ impl Writer {
                 reader
             }
         };
-        let known = KnownRecords::load(&reader)?;
+        let known = KnownRecords::load(&reader, self.schema.key)?;
         tracing::debug!(partition = %day, records = known.committed.len(), "partition open for writing");
         Ok(OpenPartition {
             writer,

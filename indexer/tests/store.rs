@@ -303,6 +303,15 @@ async fn every_event_is_stored_whole_and_searchable_by_field() {
             }),
         ),
         ("_exists_:timestamp", Box::new(|_| true)),
+        // Dotted keys are objects, as in Elasticsearch.
+        (
+            "_exists_:annotations.authorization",
+            Box::new(|e| {
+                lookup(e, "annotations")
+                    .and_then(Value::as_object)
+                    .is_some_and(|a| a.keys().any(|k| k.starts_with("authorization.")))
+            }),
+        ),
         // A field-less phrase: its words in order inside one value that
         // field-less search covers (not request or response bodies).
         (
@@ -700,4 +709,71 @@ async fn partitions_of_the_earlier_schema_stay_readable_and_writable() {
     // The partition still has the schema it was created with.
     let reopened = tantivy::Index::open_in_dir(&index_dir).unwrap();
     assert_eq!(reopened.schema(), legacy);
+}
+
+/// A record whose line had no time gets the time it was read, so a replay
+/// (a collector re-reading after a restart, a webhook retry) has another
+/// time: it is still recognised, by its whole key, also after a restart.
+#[tokio::test]
+async fn replays_of_records_without_their_own_time_are_recognised() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = |read_at: &str| {
+        let mut w = BatchWriter::new();
+        w.push(&Record {
+            id: "node-1/abc/42".into(),
+            source: SourceKind::Container,
+            timestamp: read_at.parse::<DateTime<Utc>>().unwrap(),
+            cluster: Some("test".into()),
+            node: Some("node-1".into()),
+            flags: vec![Flag::TimeInferred],
+            parse_error: Some("no timestamp".into()),
+            file: Some("/var/log/pods/x/0.log".into()),
+            offset: Some(42),
+            event: serde_json::json!({"message": "line without a time"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        })
+        .unwrap();
+        wire::decode(&w.take()).unwrap()
+    };
+    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+    let first = store.ingest(line("2026-11-23T10:00:00Z")).await.unwrap();
+    assert_eq!(first.duplicates, 0);
+    let again = store.ingest(line("2026-11-23T10:05:00Z")).await.unwrap();
+    assert_eq!(again.duplicates, 1);
+    store.shutdown().await;
+    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+    let after_restart = store.ingest(line("2026-11-23T11:00:00Z")).await.unwrap();
+    assert_eq!(after_restart.duplicates, 1);
+    assert_eq!(store.num_docs(), 1);
+    store.shutdown().await;
+}
+
+/// A partition whose fields do not line up with today's schema (here: one
+/// written before `_tie` and `_ip` existed) is refused with a clear error,
+/// not opened to answer queries with the wrong fields.
+#[tokio::test]
+async fn a_partition_of_an_incompatible_schema_is_refused() {
+    use ward_indexer::partition::{self, Day};
+    use ward_indexer::schema::WardSchema;
+
+    let dir = tempfile::tempdir().unwrap();
+    let current = WardSchema::new();
+    let mut builder = tantivy::schema::Schema::builder();
+    for (_, entry) in current.schema.fields() {
+        if entry.name() == "_tie" {
+            break;
+        }
+        builder.add_field(entry.clone());
+    }
+    let day = Day::of("2026-11-20T10:00:00Z".parse().unwrap());
+    let index_dir = partition::partition_dir(dir.path(), day).join(partition::INDEX_DIR);
+    std::fs::create_dir_all(&index_dir).unwrap();
+    tantivy::Index::create_in_dir(&index_dir, builder.build()).unwrap();
+    let Err(err) = Store::open(StoreConfig::new(dir.path())) else {
+        panic!("a partition without _tie opened");
+    };
+    assert!(err.to_string().contains("incompatible version"), "{err}");
+    assert!(err.to_string().contains("_tie"), "{err}");
 }
