@@ -124,18 +124,17 @@ pub fn namespace_scope(schema: &WardSchema, namespaces: &[String]) -> Boxed {
 /// `_exists_:field`: the record has a value at `field` (a leaf, or an
 /// object with at least one leaf under it, as in Elasticsearch).
 ///
-/// A top-level field has an `_exists` term. A nested one is answered from
-/// `_flat`, which has a term `<path>\0<value>` for every leaf: the field's
-/// leaves are the terms from `field\0` up to `field\x01`, and the leaves
-/// under it the terms from `field.` up to `field/`. As in Elasticsearch,
-/// where dotted keys are objects, `annotations.authorization` exists when
-/// an `authorization.k8s.io/…` annotation does. Older partitions have an
-/// `_exists` term for every path, which is ORed in.
+/// Answered from `_flat`, which has a term `<path>\0<value>` for every
+/// leaf: the field's leaves are the terms from `field\0` up to `field\x01`,
+/// and the leaves under it the terms from `field.` up to `field/`. A
+/// top-level object has an `_exists` term instead of the second range (a
+/// request body has hundreds of leaves to scan). As in Elasticsearch, where
+/// dotted keys are objects, `annotations.authorization` exists when an
+/// `authorization.k8s.io/…` annotation does. Older partitions have an
+/// `_exists` term for every path; the term is ORed in everywhere.
 fn exists(schema: &WardSchema, field: &str) -> Boxed {
-    match field {
-        TIMESTAMP => return Box::new(AllQuery),
-        f if !f.contains('.') => return term_query(schema.exists, f),
-        _ => {}
+    if field == TIMESTAMP {
+        return Box::new(AllQuery);
     }
     let slice = |from: char, to: char| -> (Occur, Boxed) {
         let term = |c: char| {
@@ -152,11 +151,14 @@ fn exists(schema: &WardSchema, field: &str) -> Boxed {
             )),
         )
     };
-    Box::new(BooleanQuery::new(vec![
+    let mut clauses = vec![
         (Occur::Should, term_query(schema.exists, field)),
         slice(PATH_SEPARATOR, '\u{1}'),
-        slice('.', '/'),
-    ]))
+    ];
+    if field.contains('.') {
+        clauses.push(slice('.', '/'));
+    }
+    Box::new(BooleanQuery::new(clauses))
 }
 
 /// Field-less search: container lines, the short values of audit events,

@@ -235,10 +235,10 @@ pub(crate) fn build_parsed_with(
                 }
             }
             _ => {
-                // Top-level fields keep an `_exists` term: `_exists_:f` on
+                // Top-level objects keep an `_exists` term: `_exists_:f` on
                 // them is one posting list, not a scan of every `_flat`
                 // term under `f` (a request body has hundreds).
-                if has_leaf(value) {
+                if holds_object_leaf(value) {
                     indexer.doc.add_text(schema.exists, key);
                 }
                 indexer.to_all = feeds_all(is_audit, key);
@@ -280,6 +280,17 @@ fn has_leaf(value: &Value) -> bool {
         Value::Array(items) => items.iter().any(has_leaf),
         Value::Object(map) => map.values().any(has_leaf),
         _ => true,
+    }
+}
+
+/// Whether a value is an object (or an array of objects) with a leaf.
+fn holds_object_leaf(value: &Value) -> bool {
+    match value {
+        Value::Object(_) => has_leaf(value),
+        Value::Array(items) => items
+            .iter()
+            .any(|v| matches!(v, Value::Object(_)) && has_leaf(v)),
+        _ => false,
     }
 }
 

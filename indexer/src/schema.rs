@@ -9,10 +9,10 @@
 //!   so that *every* field is searchable by its dotted name, exactly or with
 //!   wildcards and regular expressions (which then only scan that path's
 //!   slice of the term dictionary);
-//! - `_exists`: one term per top-level field that has a value (and
-//!   `message`, which is not in `_flat`). `_exists_` on a nested field is
-//!   its slice of `_flat` terms (see [`crate::compile`]): a term-range scan
-//!   at query time instead of ~50 terms per audit event at ingest.
+//! - `_exists`: one term per top-level object that has a value (and
+//!   `message`, which is not in `_flat`). Any other `_exists_:field` is its
+//!   slice of `_flat` terms (see [`crate::compile`]): a term-range scan at
+//!   query time instead of ~50 terms per audit event at ingest.
 //!   Partitions written before that change have one `_exists` term per
 //!   path, and queries still read them;
 //! - `message`: container log text, tokenized with positions for phrases;
