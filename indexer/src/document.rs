@@ -15,10 +15,12 @@ use crate::schema::{
     is_time_text, parse_ip, tie_of,
 };
 
-/// Top-level objects that hold whole API objects (or Ward's bookkeeping):
-/// indexed by path, but kept out of `_all` so that field-less search stays about
-/// who did what, not about every string inside a pod spec.
-const NOT_IN_ALL: &[&str] = &["requestObject", "responseObject", "ward"];
+/// Top-level fields indexed by path but kept out of `_all`: objects that
+/// hold whole API objects (or Ward's bookkeeping), so that field-less search
+/// stays about who did what, not about every string inside a pod spec; and
+/// `auditID`, whose UUID pieces are new terms in every event (a field-less
+/// `auditID` is matched whole through `_flat`, see `crate::compile`).
+const NOT_IN_ALL: &[&str] = &["requestObject", "responseObject", "ward", AUDIT_ID];
 
 /// Builds the stored hit from a decoded record. The event's own fields win
 /// over nothing: Ward's fields are added only under names the event does
@@ -184,6 +186,10 @@ pub struct Built {
     pub digest: Digest32,
     /// Its tie-breaker ([`tie_of`] its replay key).
     pub tie: u64,
+    /// Whether its time was inferred (its line had none), so that a replay,
+    /// read at another time, is recognised by its whole key, which the
+    /// document then has as a `_key` term (see `crate::store`).
+    pub time_inferred: bool,
 }
 
 /// Builds the tantivy document of a record already parsed.
@@ -212,12 +218,11 @@ pub(crate) fn build_parsed_with(
         schema.timestamp,
         tantivy::DateTime::from_timestamp_nanos(nanos),
     );
-    if is_time_inferred(record) {
-        // Its time is when it was read, so a replay has another: it is
-        // recognised by its whole key instead (see `crate::store`).
+    let time_inferred = is_time_inferred(hit);
+    if time_inferred {
         doc.add_text(schema.key, key);
     }
-    let is_audit = is_audit(hit);
+    let is_audit = hit.get("source").and_then(Value::as_str) == Some("audit");
     let mut indexer = LeafIndexer {
         schema,
         doc: &mut doc,
@@ -241,7 +246,7 @@ pub(crate) fn build_parsed_with(
                 if holds_object_leaf(value) {
                     indexer.doc.add_text(schema.exists, key);
                 }
-                indexer.to_all = feeds_all(is_audit, key);
+                indexer.to_all = is_audit && !NOT_IN_ALL.contains(&key.as_str());
                 indexer.path.clear();
                 indexer.path.push_str(key);
                 indexer.walk(value);
@@ -269,7 +274,12 @@ pub(crate) fn build_parsed_with(
     };
     let digest = record_digest(&stored);
     doc.add_bytes(schema.source_doc, &stored);
-    Built { doc, digest, tie }
+    Built {
+        doc,
+        digest,
+        tie,
+        time_inferred,
+    }
 }
 
 /// Whether a value holds anything that `_flat` indexes: what `_exists_`
@@ -295,22 +305,11 @@ fn holds_object_leaf(value: &Value) -> bool {
 }
 
 /// Whether a record's time is the time it was read (the line had none).
-pub fn is_time_inferred(record: &ParsedRecord) -> bool {
-    record
-        .hit
-        .get("ward")
+fn is_time_inferred(hit: &Map<String, Value>) -> bool {
+    hit.get("ward")
         .and_then(|w| w.get("flags"))
         .and_then(Value::as_array)
         .is_some_and(|flags| flags.iter().any(|f| f == "time_inferred"))
-}
-
-fn is_audit(hit: &Map<String, Value>) -> bool {
-    hit.get("source").and_then(Value::as_str) == Some("audit")
-}
-
-/// Whether the string leaves under a top-level key go to `_all`.
-fn feeds_all(is_audit: bool, top_key: &str) -> bool {
-    is_audit && top_key != MESSAGE && top_key != TIMESTAMP && !NOT_IN_ALL.contains(&top_key)
 }
 
 /// A dotted name resolved the way analysts write it: a key that contains
@@ -364,7 +363,7 @@ impl LeafIndexer<'_> {
                     ip_term_text(&self.path, bits, &mut self.term);
                     self.doc.add_text(self.schema.ip, &self.term);
                 }
-                if self.to_all && self.path != AUDIT_ID && !is_time_text(s) {
+                if self.to_all && !is_time_text(s) {
                     self.doc.add_text(self.schema.all, s);
                 }
             }

@@ -402,9 +402,13 @@ impl Store {
                 let redacted = redactor.is_enabled() && redactor.redact(&mut r.hit);
                 // A redacted record is stored as it now is, not as it came.
                 let event_json = event_json.as_ref().filter(|_| !redacted);
-                let document::Built { doc, digest, tie } =
-                    document::build_parsed_with(schema, r, event_json);
-                let key = if document::is_time_inferred(r) {
+                let document::Built {
+                    doc,
+                    digest,
+                    tie,
+                    time_inferred,
+                } = document::build_parsed_with(schema, r, event_json);
+                let key = if time_inferred {
                     RecordKey::whole(&r.key)
                 } else {
                     RecordKey::Timed {
