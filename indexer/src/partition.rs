@@ -32,7 +32,8 @@ pub const INDEX_DIR: &str = "index";
 /// level 3 on the audit corpus but cost 20% more ingest CPU (BENCHMARKS.md).
 const DOCSTORE_ZSTD_LEVEL: i32 = 3;
 /// Larger blocks compress repetitive audit JSON much better (1 MiB blocks
-/// took 0.122 → 0.062 bytes per byte of audit JSON, BENCHMARKS.md); fetching
+/// took the stored records from 0.120 to 0.070 bytes per byte of audit
+/// JSON, BENCHMARKS.md); fetching
 /// one record decompresses one block, about a millisecond, and neighbouring
 /// records (a page of hits in time order) share blocks. Quickwit's default
 /// is the same size.

@@ -1016,8 +1016,8 @@ impl Writer {
         // Bounded segment counts while ingest goes on. A merge rewrites
         // its segments' term dictionaries, so the fewer times a record is
         // merged the better: 8 segments per level (Quickwit merges 10)
-        // instead of 4 took 13% less CPU per event at 1M events, for a few
-        // more segments per search (BENCHMARKS.md).
+        // instead of 4 indexed 13% more events per CPU-second at 1M events,
+        // for a few more segments per search (BENCHMARKS.md).
         let mut policy = LogMergePolicy::default();
         policy.set_min_num_segments(8);
         policy.set_max_docs_before_merge(5_000_000);

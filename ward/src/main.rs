@@ -333,8 +333,8 @@ impl CollectorArgs {
 
 /// mimalloc instead of glibc's allocator: ingest builds and drops a
 /// `serde_json` map with a string per key and value for every record, and
-/// tantivy allocates per term; with mimalloc the indexer took 7–8% less CPU
-/// per event and raw tantivy indexing 20–30% less (BENCHMARKS.md). Quickwit
+/// tantivy allocates per term; with mimalloc the indexer ingested 12% more
+/// events per CPU-second and raw tantivy 15% more (BENCHMARKS.md). Quickwit
 /// and Vector also replace the system allocator (with jemalloc).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
