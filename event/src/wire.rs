@@ -8,7 +8,7 @@
 
 use std::io::Read;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::{Error, Record};
@@ -174,18 +174,55 @@ pub type DecodedRecord = Record<Map<String, Value>>;
 /// that is not a record fails the batch with its line number, since the
 /// sender produced it and must know.
 pub fn decode(ndjson: &[u8]) -> Result<Vec<DecodedRecord>, Error> {
-    let mut records = Vec::new();
-    for (i, line) in ndjson.split(|&b| b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+    records(ndjson).collect()
+}
+
+/// The records of a batch, each decoded when it is reached, with events of
+/// type `E`, which may borrow from `ndjson` (the indexer parses events
+/// into trees of borrowed strings). Lines as in [`decode`].
+pub fn records<'a, E: Deserialize<'a>>(
+    ndjson: &'a [u8],
+) -> impl Iterator<Item = Result<Record<E>, Error>> + 'a {
+    // A batch that is UTF-8 (every batch Ward writes) is checked once and
+    // split with `memchr`, and its lines parsed as text: serde_json then
+    // does not check each string again.
+    let (text, bytes) = match std::str::from_utf8(ndjson) {
+        Ok(text) => (Some(text.split('\n')), None),
+        Err(_) => (None, Some(ndjson.split(|&b| b == b'\n'))),
+    };
+    let lines = text
+        .into_iter()
+        .flatten()
+        .map(Line::Text)
+        .chain(bytes.into_iter().flatten().map(Line::Bytes));
+    lines
+        .enumerate()
+        .filter(|(_, line)| !line.bytes().iter().all(u8::is_ascii_whitespace))
+        .map(|(i, line)| {
+            let decoded = match line {
+                Line::Text(text) => serde_json::from_str(text),
+                Line::Bytes(bytes) => serde_json::from_slice(bytes),
+            };
+            decoded.map_err(|e| Error::Record {
+                line: i + 1,
+                reason: e.to_string(),
+            })
+        })
+}
+
+/// A line of a batch: text when the whole batch is UTF-8.
+enum Line<'a> {
+    Text(&'a str),
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Line<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        match self {
+            Line::Text(text) => text.as_bytes(),
+            Line::Bytes(bytes) => bytes,
         }
-        let record = serde_json::from_slice(line).map_err(|e| Error::Record {
-            line: i + 1,
-            reason: e.to_string(),
-        })?;
-        records.push(record);
     }
-    Ok(records)
 }
 
 #[cfg(test)]
@@ -288,5 +325,22 @@ mod tests {
     fn a_bad_line_names_its_number() {
         let err = decode(b"\n{\"id\":1}\n").unwrap_err();
         assert!(matches!(err, Error::Record { line: 2, .. }), "{err:?}");
+        // Also in a batch that is not UTF-8 (parsed line by line as bytes).
+        let mut w = BatchWriter::new();
+        w.push(&envelope().with_event(json!({"m": 1}))).unwrap();
+        let first = w.bytes();
+        w.push(&envelope().with_event(json!({"m": "\u{1}"})))
+            .unwrap();
+        let mut batch = w.take();
+        // `\u0001"}}\n` ends the batch: put a byte that is not UTF-8 there.
+        let at = batch.len() - 10;
+        assert_eq!(&batch[at..at + 6], b"\\u0001", "the escaped byte's place");
+        batch.splice(at..at + 6, [0xff]);
+        match decode(&batch).unwrap_err() {
+            Error::Record { line: 2, reason } => assert!(reason.contains("unicode"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        let decoded = decode(&batch[..first]).unwrap();
+        assert_eq!(decoded[0].event["m"], 1);
     }
 }
