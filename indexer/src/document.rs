@@ -3,17 +3,28 @@
 //! The stored hit is the event's own fields under their original names, next
 //! to what Ward adds: `timestamp`, `source`, `cluster`, `node`, and `ward`
 //! (record id, flags, parse error, file and offset).
+//!
+//! A record's event arrives as a [`tree::Object`] borrowing from its batch
+//! (see [`crate::tree`] for why); records decoded into `serde_json` maps
+//! (Ward's own) are borrowed into the same form, so there is one builder.
+//! [`Prepared`] is a record on its way: its hit and replay key, what the
+//! ingest tap sees ([`Prepared::parsed`]) and the document
+//! ([`Prepared::build`]).
+
+use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 use tantivy::TantivyDocument;
-use ward_event::SourceKind;
 use ward_event::wire::DecodedRecord;
+use ward_event::{Flag, Record, SourceKind};
 
 use crate::chain::{Digest32, record_digest};
+use crate::redact::Redactor;
 use crate::schema::{
     AUDIT_ID, MESSAGE, STATUS_CODE, TIMESTAMP, WardSchema, flat_term_text, ip_term_text,
     is_time_text, parse_ip, tie_of,
 };
+use crate::tree::{self, Members, Node, Object};
 
 /// Top-level fields indexed by path but kept out of `_all`: objects that
 /// hold whole API objects (or Ward's bookkeeping), so that field-less search
@@ -21,45 +32,6 @@ use crate::schema::{
 /// `auditID`, whose UUID pieces are new terms in every event (a field-less
 /// `auditID` is matched whole through `_flat`, see `crate::compile`).
 const NOT_IN_ALL: &[&str] = &["requestObject", "responseObject", "ward", AUDIT_ID];
-
-/// Builds the stored hit from a decoded record. The event's own fields win
-/// over nothing: Ward's fields are added only under names the event does
-/// not use, except `ward`, which is Ward's own namespace.
-pub fn hit(record: DecodedRecord) -> Map<String, Value> {
-    let mut ward = Map::new();
-    ward.insert("id".into(), Value::String(record.id));
-    if !record.flags.is_empty() {
-        ward.insert(
-            "flags".into(),
-            serde_json::to_value(&record.flags).unwrap_or(Value::Null),
-        );
-    }
-    if let Some(e) = record.parse_error {
-        ward.insert("parse_error".into(), Value::String(e));
-    }
-    if let Some(f) = record.file {
-        ward.insert("file".into(), Value::String(f));
-    }
-    if let Some(o) = record.offset {
-        ward.insert("offset".into(), Value::from(o));
-    }
-    let mut hit = record.event;
-    let timestamp = record
-        .timestamp
-        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
-    for (key, value) in [
-        (TIMESTAMP, Some(Value::String(timestamp))),
-        ("source", Some(Value::String(record.source.as_str().into()))),
-        ("cluster", record.cluster.map(Value::String)),
-        ("node", record.node.map(Value::String)),
-    ] {
-        if let Some(value) = value {
-            hit.entry(key).or_insert(value);
-        }
-    }
-    hit.insert("ward".into(), Value::Object(ward));
-    hit
-}
 
 /// A record parsed once: its id, event time, and the hit it is stored and
 /// returned as. Detection rules see this before it becomes a document.
@@ -75,74 +47,246 @@ pub struct ParsedRecord {
 }
 
 impl ParsedRecord {
-    pub fn from_record(record: DecodedRecord) -> ParsedRecord {
-        parse(record).0
+    pub fn from_record(mut record: DecodedRecord) -> ParsedRecord {
+        let event = std::mem::take(&mut record.event);
+        Prepared::new(record.with_event(Object::of_map(&event))).parsed()
     }
 }
 
-/// The keys [`hit`] adds when the event does not have them, besides `ward`.
+/// A record whose event is a tree borrowed from the batch's bytes.
+pub type TreeRecord<'a> = Record<Object<'a>>;
+
+/// The keys Ward adds to the hit when the event does not have them,
+/// besides `ward`, which is always Ward's.
 const ADDED_KEYS: [&str; 4] = [TIMESTAMP, "source", "cluster", "node"];
 
-/// An audit event's JSON as serialized for its replay key, kept to start
-/// its stored form with instead of serializing the event a second time
-/// (when redaction leaves the record as it was).
-pub(crate) struct EventJson {
-    bytes: Vec<u8>,
-    /// Which of [`ADDED_KEYS`] the event lacked.
-    lacked: [bool; 4],
+/// A record on its way to a document: its hit (the event's members and
+/// Ward's, in key order) and its replay key.
+pub struct Prepared<'a> {
+    hit: Object<'a>,
+    key: String,
+    timestamp_nanos: i64,
+    time_inferred: bool,
+    /// An audit event's JSON as hashed for its replay key, and which of
+    /// [`ADDED_KEYS`] it lacked: its stored form starts with these bytes
+    /// instead of serializing the event a second time.
+    event_json: Option<(Vec<u8>, [bool; 4])>,
 }
 
-impl EventJson {
-    /// The stored form of `hit`: the event's own JSON, then the keys Ward
-    /// added. The same object as `serde_json::to_vec(hit)`, keys in another
-    /// order.
-    fn stored(&self, hit: &Map<String, Value>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.bytes.len() + 256);
-        let body = self.bytes.strip_suffix(b"}").unwrap_or(&self.bytes);
-        out.extend_from_slice(body);
-        let mut first = body == b"{";
-        let added = ADDED_KEYS
-            .iter()
-            .zip(self.lacked)
-            .filter(|(_, lacked)| *lacked)
-            .map(|(key, _)| *key)
-            .chain(["ward"]);
-        for key in added {
-            if let Some(value) = hit.get(key) {
-                if !first {
-                    out.push(b',');
+impl<'a> Prepared<'a> {
+    pub fn new(record: TreeRecord<'a>) -> Prepared<'a> {
+        let Record {
+            id,
+            source,
+            timestamp,
+            cluster,
+            node,
+            flags,
+            parse_error,
+            file,
+            offset,
+            event,
+        } = record;
+        let (key, event_bytes) = replay_key(&id, source, cluster.as_deref(), &parse_error, &event);
+        let lacked = ADDED_KEYS.map(|k| !event.contains_key(k));
+        let event_json = event_bytes
+            .filter(|_| !event.contains_key("ward"))
+            .map(|bytes| (bytes, lacked));
+        let time_inferred = flags.contains(&Flag::TimeInferred);
+        // `ward`'s members, in key order.
+        let mut ward: Members<'a> = Vec::with_capacity(5);
+        let owned = |s: String| Node::String(Cow::Owned(s));
+        if let Some(f) = file {
+            ward.push((Cow::Borrowed("file"), owned(f)));
+        }
+        if !flags.is_empty() {
+            let names = flags.iter().map(|f| match serde_json::to_value(f) {
+                Ok(Value::String(name)) => owned(name),
+                _ => Node::Null,
+            });
+            ward.push((Cow::Borrowed("flags"), Node::Array(names.collect())));
+        }
+        ward.push((Cow::Borrowed("id"), owned(id)));
+        if let Some(o) = offset {
+            ward.push((Cow::Borrowed("offset"), Node::Number(o.into())));
+        }
+        if let Some(e) = parse_error {
+            ward.push((Cow::Borrowed("parse_error"), owned(e)));
+        }
+        // What Ward adds, in key order: the keys the event lacks, and `ward`.
+        let [lacks_time, lacks_source, lacks_cluster, lacks_node] = lacked;
+        let added = [
+            ("cluster", cluster.filter(|_| lacks_cluster).map(owned)),
+            ("node", node.filter(|_| lacks_node).map(owned)),
+            (
+                "source",
+                lacks_source.then(|| Node::String(Cow::Borrowed(source.as_str()))),
+            ),
+            (
+                TIMESTAMP,
+                lacks_time
+                    .then(|| owned(timestamp.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))),
+            ),
+            ("ward", Some(Node::Object(ward))),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value?)));
+        let hit = event.merged(added);
+        Prepared {
+            hit,
+            key,
+            timestamp_nanos: timestamp.timestamp_nanos_opt().unwrap_or(i64::MAX),
+            time_inferred,
+            event_json,
+        }
+    }
+
+    /// The record as detection rules see it (a copy of the hit).
+    pub fn parsed(&self) -> ParsedRecord {
+        let id = self
+            .hit
+            .get("ward")
+            .and_then(Node::as_members)
+            .and_then(|w| tree::get(w, "id"))
+            .and_then(Node::as_str)
+            .unwrap_or_default();
+        ParsedRecord {
+            id: id.to_owned(),
+            key: self.key.clone(),
+            timestamp_nanos: self.timestamp_nanos,
+            hit: self.hit.to_map(),
+        }
+    }
+
+    /// Builds the document, redacted by `redactor` first.
+    pub fn build(self, schema: &WardSchema, redactor: Option<&Redactor>) -> Built {
+        let redacted = redactor
+            .filter(|r| r.is_enabled() && r.may_change(&self.hit))
+            .and_then(|r| {
+                let mut hit = self.hit.to_map();
+                r.redact(&mut hit).then_some(hit)
+            });
+        match &redacted {
+            // A redacted record is stored as it now is, not as it came.
+            Some(hit) => self.build_from(schema, &Object::of_map(hit), None),
+            None => self.build_from(schema, &self.hit, self.event_json.as_ref()),
+        }
+    }
+
+    fn build_from(
+        &self,
+        schema: &WardSchema,
+        hit: &Object<'_>,
+        event_json: Option<&(Vec<u8>, [bool; 4])>,
+    ) -> Built {
+        // Room for the stored form, the terms and the texts: the document
+        // is written once, not grown and copied a few times over.
+        let mut doc = TantivyDocument::with_capacity(
+            event_json.map_or(4096, |(bytes, _)| 3 * bytes.len() + 512),
+        );
+        let tie = tie_of(&self.key);
+        doc.add_u64(schema.tie, tie);
+        doc.add_date(
+            schema.timestamp,
+            tantivy::DateTime::from_timestamp_nanos(self.timestamp_nanos),
+        );
+        if self.time_inferred {
+            doc.add_text(schema.key, &self.key);
+        }
+        let is_audit = hit.get("source").and_then(Node::as_str) == Some("audit");
+        let mut indexer = LeafIndexer {
+            schema,
+            doc: &mut doc,
+            path: String::with_capacity(64),
+            term: String::with_capacity(64),
+            number: String::new(),
+            to_all: is_audit,
+        };
+        for (key, value) in &hit.0 {
+            match key.as_ref() {
+                TIMESTAMP => {}
+                MESSAGE => {
+                    indexer.doc.add_text(schema.exists, MESSAGE);
+                    if let Some(text) = value.as_str() {
+                        indexer.doc.add_text(schema.message, text);
+                    }
                 }
-                first = false;
-                // Writing strings and values to a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut out, key);
-                out.push(b':');
-                let _ = serde_json::to_writer(&mut out, value);
+                key => {
+                    // Top-level objects keep an `_exists` term: `_exists_:f`
+                    // on them is one posting list, not a scan of every
+                    // `_flat` term under `f` (a request body has hundreds).
+                    if value.holds_object_leaf() {
+                        indexer.doc.add_text(schema.exists, key);
+                    }
+                    indexer.to_all = is_audit && !NOT_IN_ALL.contains(&key);
+                    indexer.path.clear();
+                    indexer.path.push_str(key);
+                    indexer.walk(value);
+                }
             }
         }
-        out.push(b'}');
-        out
+        // A name with a dot can only be a top-level key if one has a dot
+        // (none has, in audit events): then its failed search is skipped.
+        let dotted_keys = hit.0.iter().any(|(k, _)| k.contains('.'));
+        let lookup =
+            |dotted: &str| lookup_with(&hit.0, dotted, dotted_keys, tree::get, Node::as_members);
+        if let Some(code) = lookup(STATUS_CODE).and_then(Node::as_u64) {
+            doc.add_u64(schema.status_code, code);
+        }
+        for (dotted, field) in &schema.columns {
+            match lookup(dotted) {
+                Some(Node::String(s)) => doc.add_text(*field, s),
+                Some(Node::Array(items)) => {
+                    for s in items.iter().filter_map(Node::as_str) {
+                        doc.add_text(*field, s);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut stored = Vec::with_capacity(event_json.map_or(1024, |(b, _)| b.len() + 256));
+        match event_json {
+            Some((bytes, lacked)) => stored_after_event(&mut stored, bytes, *lacked, hit),
+            None => hit.write_json(&mut stored),
+        }
+        let digest = record_digest(&stored);
+        doc.add_bytes(schema.source_doc, &stored);
+        Built {
+            doc,
+            digest,
+            tie,
+            time_inferred: self.time_inferred,
+            key: self.key.clone(),
+            timestamp_nanos: self.timestamp_nanos,
+        }
     }
 }
 
-/// Parses a record once; for an audit event, also keeps the JSON its
-/// replay key was computed from.
-pub(crate) fn parse(record: DecodedRecord) -> (ParsedRecord, Option<EventJson>) {
-    let id = record.id.clone();
-    let timestamp_nanos = record.timestamp.timestamp_nanos_opt().unwrap_or(i64::MAX);
-    let (key, bytes) = replay_key(&record);
-    let event_json = bytes
-        .filter(|_| !record.event.contains_key("ward"))
-        .map(|bytes| EventJson {
-            bytes,
-            lacked: ADDED_KEYS.map(|k| !record.event.contains_key(k)),
-        });
-    let parsed = ParsedRecord {
-        id,
-        key,
-        timestamp_nanos,
-        hit: hit(record),
-    };
-    (parsed, event_json)
+/// The stored form of `hit` from the event's own JSON: its members, then
+/// the keys Ward added. The same object as `hit` written whole, keys in
+/// another order.
+fn stored_after_event(out: &mut Vec<u8>, event: &[u8], lacked: [bool; 4], hit: &Object<'_>) {
+    let body = event.strip_suffix(b"}").unwrap_or(event);
+    out.extend_from_slice(body);
+    let mut first = body == b"{";
+    let added = ADDED_KEYS
+        .iter()
+        .zip(lacked)
+        .filter(|(_, lacked)| *lacked)
+        .map(|(key, _)| *key)
+        .chain(["ward"]);
+    for key in added {
+        if let Some(value) = hit.get(key) {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            Node::String(Cow::Borrowed(key)).write_json(out);
+            out.push(b':');
+            value.write_json(out);
+        }
+    }
+    out.push(b'}');
 }
 
 /// An audit event's replay key: the API server's `auditID` and `stage`
@@ -150,33 +294,42 @@ pub(crate) fn parse(record: DecodedRecord) -> (ParsedRecord, Option<EventJson>) 
 /// reuse an `auditID` for different events (test traces do). The same
 /// event sent twice (a retried webhook batch, a log file read again after
 /// copytruncate, the webhook and the log backend both on) has one key.
-/// Returns the event's JSON that was hashed, too.
-fn replay_key(record: &DecodedRecord) -> (String, Option<Vec<u8>>) {
-    let text = |k: &str| record.event.get(k).and_then(Value::as_str);
-    match (record.source, text("auditID"), text("stage")) {
+/// Returns the event's JSON that was hashed, too. Other records are
+/// recognised by their id.
+fn replay_key(
+    id: &str,
+    source: SourceKind,
+    cluster: Option<&str>,
+    parse_error: &Option<String>,
+    event: &Object<'_>,
+) -> (String, Option<Vec<u8>>) {
+    let text = |k: &str| event.get(k).and_then(Node::as_str);
+    match (source, text("auditID"), text("stage")) {
         (SourceKind::Audit, Some(audit_id), Some(stage))
-            if !audit_id.is_empty() && record.parse_error.is_none() =>
+            if !audit_id.is_empty() && parse_error.is_none() =>
         {
             use std::hash::Hasher;
-            // Serializing a Map cannot fail: its keys are strings. Should it
-            // ever, the key hashes nothing and the stored form is built whole.
-            let bytes = serde_json::to_vec(&record.event).ok();
+            let mut bytes = Vec::with_capacity(2048);
+            event.write_json(&mut bytes);
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            h.write(bytes.as_deref().unwrap_or_default());
+            h.write(&bytes);
             let key = format!(
                 "audit\u{0}{}\u{0}{audit_id}\u{0}{stage}\u{0}{:016x}",
-                record.cluster.as_deref().unwrap_or(""),
+                cluster.unwrap_or(""),
                 h.finish()
             );
-            (key, bytes)
+            (key, Some(bytes))
         }
-        _ => (record.id.clone(), None),
+        _ => (id.to_owned(), None),
     }
 }
 
 /// Builds the tantivy document of a record.
-pub fn build(schema: &WardSchema, record: DecodedRecord) -> TantivyDocument {
-    build_parsed(schema, &ParsedRecord::from_record(record)).doc
+pub fn build(schema: &WardSchema, mut record: DecodedRecord) -> TantivyDocument {
+    let event = std::mem::take(&mut record.event);
+    Prepared::new(record.with_event(Object::of_map(&event)))
+        .build(schema, None)
+        .doc
 }
 
 /// A record's document and what the writer needs to know of it.
@@ -190,143 +343,41 @@ pub struct Built {
     /// read at another time, is recognised by its whole key, which the
     /// document then has as a `_key` term (see `crate::store`).
     pub time_inferred: bool,
-}
-
-/// Builds the tantivy document of a record already parsed.
-pub fn build_parsed(schema: &WardSchema, record: &ParsedRecord) -> Built {
-    build_parsed_with(schema, record, None)
-}
-
-/// [`build_parsed`], starting the stored form with the event's JSON from
-/// [`parse`] when there is one.
-pub(crate) fn build_parsed_with(
-    schema: &WardSchema,
-    record: &ParsedRecord,
-    event_json: Option<&EventJson>,
-) -> Built {
-    let ParsedRecord {
-        key,
-        timestamp_nanos: nanos,
-        hit,
-        ..
-    } = record;
-    let nanos = *nanos;
-    let mut doc = TantivyDocument::new();
-    let tie = tie_of(key);
-    doc.add_u64(schema.tie, tie);
-    doc.add_date(
-        schema.timestamp,
-        tantivy::DateTime::from_timestamp_nanos(nanos),
-    );
-    let time_inferred = is_time_inferred(hit);
-    if time_inferred {
-        doc.add_text(schema.key, key);
-    }
-    let is_audit = hit.get("source").and_then(Value::as_str) == Some("audit");
-    let mut indexer = LeafIndexer {
-        schema,
-        doc: &mut doc,
-        path: String::with_capacity(64),
-        term: String::with_capacity(64),
-        to_all: is_audit,
-    };
-    for (key, value) in hit {
-        match key.as_str() {
-            TIMESTAMP => {}
-            MESSAGE => {
-                indexer.doc.add_text(schema.exists, MESSAGE);
-                if let Some(text) = value.as_str() {
-                    indexer.doc.add_text(schema.message, text);
-                }
-            }
-            _ => {
-                // Top-level objects keep an `_exists` term: `_exists_:f` on
-                // them is one posting list, not a scan of every `_flat`
-                // term under `f` (a request body has hundreds).
-                if holds_object_leaf(value) {
-                    indexer.doc.add_text(schema.exists, key);
-                }
-                indexer.to_all = is_audit && !NOT_IN_ALL.contains(&key.as_str());
-                indexer.path.clear();
-                indexer.path.push_str(key);
-                indexer.walk(value);
-            }
-        }
-    }
-    if let Some(code) = lookup(hit, STATUS_CODE).and_then(Value::as_u64) {
-        doc.add_u64(schema.status_code, code);
-    }
-    for (dotted, field) in &schema.columns {
-        match lookup(hit, dotted) {
-            Some(Value::String(s)) => doc.add_text(*field, s),
-            Some(Value::Array(items)) => {
-                for s in items.iter().filter_map(Value::as_str) {
-                    doc.add_text(*field, s);
-                }
-            }
-            _ => {}
-        }
-    }
-    let stored = match event_json {
-        Some(json) => json.stored(hit),
-        // Serializing a Map cannot fail: its keys are strings.
-        None => serde_json::to_vec(hit).unwrap_or_default(),
-    };
-    let digest = record_digest(&stored);
-    doc.add_bytes(schema.source_doc, &stored);
-    Built {
-        doc,
-        digest,
-        tie,
-        time_inferred,
-    }
-}
-
-/// Whether a value holds anything that `_flat` indexes: what `_exists_`
-/// means (as in Elasticsearch, null, `[]` and `{}` do not exist).
-fn has_leaf(value: &Value) -> bool {
-    match value {
-        Value::Null => false,
-        Value::Array(items) => items.iter().any(has_leaf),
-        Value::Object(map) => map.values().any(has_leaf),
-        _ => true,
-    }
-}
-
-/// Whether a value is an object (or an array of objects) with a leaf.
-fn holds_object_leaf(value: &Value) -> bool {
-    match value {
-        Value::Object(_) => has_leaf(value),
-        Value::Array(items) => items
-            .iter()
-            .any(|v| matches!(v, Value::Object(_)) && has_leaf(v)),
-        _ => false,
-    }
-}
-
-/// Whether a record's time is the time it was read (the line had none).
-fn is_time_inferred(hit: &Map<String, Value>) -> bool {
-    hit.get("ward")
-        .and_then(|w| w.get("flags"))
-        .and_then(Value::as_array)
-        .is_some_and(|flags| flags.iter().any(|f| f == "time_inferred"))
+    /// Its replay key (see [`ParsedRecord::key`]).
+    pub key: String,
+    pub timestamp_nanos: i64,
 }
 
 /// A dotted name resolved the way analysts write it: a key that contains
 /// dots literally (annotation keys) before a nested path.
 pub fn lookup<'a>(object: &'a Map<String, Value>, dotted: &str) -> Option<&'a Value> {
-    if let Some(v) = object.get(dotted) {
+    lookup_with(object, dotted, true, |o, k| o.get(k), Value::as_object)
+}
+
+/// [`lookup`] over any object type, given how to get a member and how to
+/// see a value as an object; `dotted_keys` says whether `object` may have
+/// keys with dots.
+fn lookup_with<'o, O: ?Sized, V>(
+    object: &'o O,
+    dotted: &str,
+    dotted_keys: bool,
+    get: impl Fn(&'o O, &str) -> Option<&'o V>,
+    as_object: impl Fn(&'o V) -> Option<&'o O>,
+) -> Option<&'o V> {
+    if (dotted_keys || !dotted.contains('.'))
+        && let Some(v) = get(object, dotted)
+    {
         return Some(v);
     }
     let mut rest = dotted;
     let mut current = object;
     loop {
         let (head, tail) = rest.split_once('.')?;
-        let next = current.get(head)?;
-        if let Some(v) = next.as_object().and_then(|o| o.get(tail)) {
+        let next = as_object(get(current, head)?)?;
+        if let Some(v) = get(next, tail) {
             return Some(v);
         }
-        current = next.as_object()?;
+        current = next;
         rest = tail;
     }
 }
@@ -336,28 +387,29 @@ struct LeafIndexer<'a> {
     doc: &'a mut TantivyDocument,
     path: String,
     term: String,
+    number: String,
     to_all: bool,
 }
 
 impl LeafIndexer<'_> {
-    fn walk(&mut self, value: &Value) {
+    fn walk(&mut self, value: &Node<'_>) {
         match value {
-            Value::Null => {}
-            Value::Object(map) => {
+            Node::Null => {}
+            Node::Object(members) => {
                 let len = self.path.len();
-                for (key, child) in map {
+                for (key, child) in members {
                     self.path.push('.');
                     self.path.push_str(key);
                     self.walk(child);
                     self.path.truncate(len);
                 }
             }
-            Value::Array(items) => {
+            Node::Array(items) => {
                 for item in items {
                     self.walk(item);
                 }
             }
-            Value::String(s) => {
+            Node::String(s) => {
                 self.leaf(s);
                 if let Some(bits) = parse_ip(s) {
                     ip_term_text(&self.path, bits, &mut self.term);
@@ -367,8 +419,15 @@ impl LeafIndexer<'_> {
                     self.doc.add_text(self.schema.all, s);
                 }
             }
-            Value::Bool(b) => self.leaf(if *b { "true" } else { "false" }),
-            Value::Number(n) => self.leaf(&n.to_string()),
+            Node::Bool(b) => self.leaf(if *b { "true" } else { "false" }),
+            Node::Number(n) => {
+                use std::fmt::Write;
+                let mut number = std::mem::take(&mut self.number);
+                number.clear();
+                let _ = write!(number, "{n}");
+                self.leaf(&number);
+                self.number = number;
+            }
         }
     }
 
@@ -458,7 +517,7 @@ mod tests {
     }
 
     /// The stored form built from the kept event JSON is the same object as
-    /// the hit serialized whole, whichever keys Ward had to add.
+    /// the hit written whole, whichever keys Ward had to add.
     #[test]
     fn stored_form_from_the_event_json_is_the_hit() {
         use tantivy::schema::Value as _;
@@ -477,35 +536,59 @@ mod tests {
                 None,
             ),
         ] {
-            let (parsed, json) = parse(audit_record(event, cluster));
-            let json = json.expect("audit events keep their JSON");
-            let reused = build_parsed_with(&schema, &parsed, Some(&json));
-            let whole = build_parsed(&schema, &parsed);
-            let stored = |b: &Built| -> Value {
-                let bytes = b
-                    .doc
-                    .get_first(schema.source_doc)
-                    .and_then(|v| v.as_bytes());
-                serde_json::from_slice(bytes.unwrap()).unwrap()
-            };
-            assert_eq!(stored(&reused), stored(&whole));
-            assert_eq!(stored(&reused), Value::Object(parsed.hit.clone()));
-            // serde_json keeps the last of duplicate keys: count them.
+            let record = audit_record(event, cluster);
+            let parsed = ParsedRecord::from_record(record.clone());
+            let map = record.event.clone();
+            let prepared = Prepared::new(record.with_event(Object::of_map(&map)));
+            assert!(
+                prepared.event_json.is_some(),
+                "audit events keep their JSON"
+            );
+            let reused = prepared.build(&schema, None);
             let bytes = reused
                 .doc
                 .get_first(schema.source_doc)
-                .and_then(|v| v.as_bytes());
-            let keys = top_level_keys(bytes.unwrap());
+                .and_then(|v| v.as_bytes())
+                .unwrap();
+            let stored: Value = serde_json::from_slice(bytes).unwrap();
+            assert_eq!(stored, Value::Object(parsed.hit.clone()));
+            // serde_json keeps the last of duplicate keys: count them.
+            let keys = top_level_keys(bytes);
             let unique: std::collections::BTreeSet<&String> = keys.iter().collect();
             assert_eq!(keys.len(), unique.len(), "{keys:?}");
             assert_eq!(keys.len(), parsed.hit.len());
         }
         // An event with its own `ward` key is stored whole.
-        let (_, json) = parse(audit_record(
-            json!({"auditID": "a", "stage": "s", "ward": 1}),
-            None,
-        ));
-        assert!(json.is_none());
+        let record = audit_record(json!({"auditID": "a", "stage": "s", "ward": 1}), None);
+        let map = record.event.clone();
+        let prepared = Prepared::new(record.with_event(Object::of_map(&map)));
+        assert!(prepared.event_json.is_none());
+    }
+
+    /// An event parsed from the batch's text gets the document it got when
+    /// it was parsed into a `serde_json::Map`, whatever the order and
+    /// repetition of its keys in the text.
+    #[test]
+    fn events_parsed_from_text_build_the_documents_of_their_maps() {
+        use tantivy::Document as _;
+        let schema = WardSchema::new();
+        let texts = [
+            r#"{"stage":"ResponseComplete","auditID":"x-1","verb":"get","user":{"username":"alice","groups":["b","a"]},"responseStatus":{"code":200},"sourceIPs":["10.0.0.1"],"annotations":{"authorization.k8s.io/decision":"allow"}}"#,
+            r#"{"auditID":"x-2","stage":"s","verb":"list","verb":"watch","objectRef":{"resource":"pods","resource":"secrets"},"n":1.50,"esc":"a\"b\u00e9"}"#,
+        ];
+        for text in texts {
+            let map: Map<String, Value> = serde_json::from_str(text).unwrap();
+            let from_map = build(&schema, audit_record(Value::Object(map), Some("c")));
+            let tree: Object = serde_json::from_str(text).unwrap();
+            let from_text = Prepared::new(audit_record(json!({}), Some("c")).with_event(tree))
+                .build(&schema, None)
+                .doc;
+            assert_eq!(
+                from_text.to_json(&schema.schema),
+                from_map.to_json(&schema.schema),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //! - [`chain`]: per-partition hash chains and the ledger (tamper evidence);
 //! - [`verify`]: recomputes the chains from the stored records;
 //! - [`snapshot`]: consistent copies while the indexer runs, and restore;
-//! - [`redact`]: Secret data and credentials removed before storage.
+//! - [`redact`]: Secret data and credentials removed before storage;
+//! - [`tree`]: an event's JSON borrowed from its batch, as ingest parses it.
 //!
 //! Crash semantics: a batch is acknowledged only after the tantivy commits
 //! that contain it have returned, and tantivy's commit is atomic and
@@ -41,6 +42,7 @@ pub mod schema;
 pub mod snapshot;
 pub mod store;
 pub mod tail;
+pub mod tree;
 pub mod verify;
 
 pub use cancel::Cancel;

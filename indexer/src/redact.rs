@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::Error;
+use crate::tree::{self, Node, Object};
 
 /// The name under which Secret-data redactions are counted.
 pub const SECRET_DATA: &str = "secret-data";
@@ -146,7 +147,30 @@ impl Redactor {
         out
     }
 
-    /// Redacts a stored hit in place.
+    /// Whether [`Redactor::redact`] could change `hit`: it holds a Secret
+    /// (or a list) under `requestObject` / `responseObject`, or a message
+    /// one of the patterns matches. Only such records take the road
+    /// through a `serde_json` map at ingest.
+    pub(crate) fn may_change(&self, hit: &Object<'_>) -> bool {
+        match hit.get("source").and_then(Node::as_str) {
+            Some("audit") if self.secrets => {
+                ["requestObject", "responseObject"].iter().any(|key| {
+                    let kind = hit
+                        .get(key)
+                        .and_then(Node::as_members)
+                        .and_then(|o| tree::get(o, "kind"))
+                        .and_then(Node::as_str);
+                    matches!(kind, Some("Secret" | "SecretList" | "List"))
+                })
+            }
+            Some("container") if !self.patterns.is_empty() => hit
+                .get("message")
+                .and_then(Node::as_str)
+                .is_some_and(|m| self.set.is_match(m)),
+            _ => false,
+        }
+    }
+
     /// Redacts a hit in place; true if anything was replaced.
     pub fn redact(&self, hit: &mut Map<String, Value>) -> bool {
         let mut fired: Vec<String> = Vec::new();

@@ -230,7 +230,9 @@ pub fn flat_term_text(path: &str, value: &str, out: &mut String) {
     out.push(PATH_SEPARATOR);
     let value = truncate_at_char_boundary(value, MAX_KEYWORD_BYTES);
     if value.is_ascii() {
-        out.extend(value.chars().map(|c| c.to_ascii_lowercase()));
+        let start = out.len();
+        out.push_str(value);
+        out[start..].make_ascii_lowercase();
     } else {
         out.push_str(&value.to_lowercase());
     }

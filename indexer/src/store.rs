@@ -43,16 +43,18 @@ use tantivy::query::{BooleanQuery, Occur, Query as TantivyQuery, RangeQuery};
 use tantivy::schema::Value as _;
 use tantivy::{DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 use tokio::sync::oneshot;
-use ward_event::wire::DecodedRecord;
+use ward_event::SourceKind;
+use ward_event::wire::{self, DecodedRecord};
 
 use crate::cancel::{Cancel, Cancellable};
 use crate::chain::{self, ChainFile, CommitPayload, Digest32, EntryBody, HmacKey};
-use crate::document::ParsedRecord;
+use crate::document::{ParsedRecord, Prepared};
 use crate::page::{Cursor, PageCollector, SortOrder};
 use crate::partition::{self, Day};
 use crate::redact::Redactor;
 use crate::schema::{TIE, TIMESTAMP, WardSchema};
 use crate::tail::TailFeed;
+use crate::tree::Object;
 use crate::{Error, compile, document, query};
 
 /// How long data is kept: by age of the day, and by total size.
@@ -226,6 +228,54 @@ struct Pending {
     doc: TantivyDocument,
 }
 
+/// A batch as it reaches the store.
+enum Batch {
+    /// Records already decoded (Ward's own, tests).
+    Records(Vec<DecodedRecord>),
+    /// NDJSON records as a sender wrote them.
+    Ndjson(Vec<u8>),
+}
+
+/// Turns a batch's records into documents one at a time, so that each
+/// record's tree is dropped before the next is parsed.
+struct BatchBuilder<'s> {
+    schema: &'s WardSchema,
+    redactor: &'s Redactor,
+    /// The records as the tap sees them, when there is a tap.
+    parsed: Option<Vec<ParsedRecord>>,
+    docs: Vec<Pending>,
+}
+
+impl BatchBuilder<'_> {
+    fn add(&mut self, record: Prepared<'_>) {
+        if let Some(parsed) = &mut self.parsed {
+            parsed.push(record.parsed());
+        }
+        let document::Built {
+            doc,
+            digest,
+            tie,
+            time_inferred,
+            key,
+            timestamp_nanos,
+        } = record.build(self.schema, Some(self.redactor));
+        let key = if time_inferred {
+            RecordKey::whole(&key)
+        } else {
+            RecordKey::Timed {
+                nanos: timestamp_nanos,
+                tie,
+            }
+        };
+        self.docs.push(Pending {
+            key,
+            day: Day::of_nanos(timestamp_nanos),
+            digest,
+            doc,
+        });
+    }
+}
+
 enum WriterMsg {
     Batch { docs: Vec<Pending>, ack: Ack },
     Shutdown(oneshot::Sender<()>),
@@ -350,10 +400,22 @@ impl Store {
 
     /// Indexes a batch and returns once it is committed: durable and searchable.
     pub async fn ingest(&self, records: Vec<DecodedRecord>) -> Result<IngestReceipt, Error> {
+        self.ingest_on_pool(Batch::Records(records)).await
+    }
+
+    /// Indexes a batch of NDJSON records as a sender wrote it (see
+    /// `ward_event::wire`), parsing each event once into a tree that
+    /// borrows from `ndjson`. A line that is not a record fails the batch
+    /// with its number; so does a record with source `ward`, which only
+    /// Ward itself writes (through [`Store::ingest`]).
+    pub async fn ingest_ndjson(&self, ndjson: Vec<u8>) -> Result<IngestReceipt, Error> {
+        self.ingest_on_pool(Batch::Ndjson(ndjson)).await
+    }
+
+    async fn ingest_on_pool(&self, batch: Batch) -> Result<IngestReceipt, Error> {
         let store = self.clone();
         let (ack, acked) = oneshot::channel();
-        let count = records.len();
-        tokio::task::spawn_blocking(move || store.enqueue(records, ack))
+        let records = tokio::task::spawn_blocking(move || store.enqueue(batch, ack))
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))??;
         let (duplicates, expired) = acked
@@ -365,7 +427,7 @@ impl Store {
             .batches_acknowledged
             .fetch_add(1, Ordering::Relaxed);
         Ok(IngestReceipt {
-            records: count,
+            records,
             duplicates,
             expired,
         })
@@ -373,63 +435,68 @@ impl Store {
 
     /// Like [`Store::ingest`], for callers outside an async runtime (benches).
     pub fn ingest_blocking(&self, records: Vec<DecodedRecord>) -> Result<IngestReceipt, Error> {
+        self.ingest_here(Batch::Records(records))
+    }
+
+    /// Like [`Store::ingest_ndjson`], for callers outside an async runtime.
+    pub fn ingest_ndjson_blocking(&self, ndjson: Vec<u8>) -> Result<IngestReceipt, Error> {
+        self.ingest_here(Batch::Ndjson(ndjson))
+    }
+
+    fn ingest_here(&self, batch: Batch) -> Result<IngestReceipt, Error> {
         let (ack, acked) = oneshot::channel();
-        let count = records.len();
-        self.enqueue(records, ack)?;
+        let records = self.enqueue(batch, ack)?;
         let (duplicates, expired) = acked
             .blocking_recv()
             .map_err(|_| Error::Unavailable("the index writer stopped".into()))?
             .map_err(Error::Unavailable)?;
         Ok(IngestReceipt {
-            records: count,
+            records,
             duplicates,
             expired,
         })
     }
 
-    fn enqueue(&self, records: Vec<DecodedRecord>, ack: Ack) -> Result<(), Error> {
-        let schema = &self.inner.schema;
-        let (mut parsed, event_jsons): (Vec<ParsedRecord>, Vec<_>) =
-            records.into_iter().map(document::parse).unzip();
-        if let Some(tap) = &self.inner.tap {
+    /// Builds the batch's documents, shows its records to the tap, and
+    /// hands the documents to the writer; returns how many records it had.
+    fn enqueue(&self, batch: Batch, ack: Ack) -> Result<usize, Error> {
+        let mut builder = BatchBuilder {
+            schema: &self.inner.schema,
+            redactor: &self.inner.redactor,
+            parsed: self.inner.tap.as_ref().map(|_| Vec::new()),
+            docs: Vec::new(),
+        };
+        match batch {
+            Batch::Records(records) => {
+                builder.docs.reserve(records.len());
+                for mut record in records {
+                    let event = std::mem::take(&mut record.event);
+                    builder.add(Prepared::new(record.with_event(Object::of_map(&event))));
+                }
+            }
+            Batch::Ndjson(ndjson) => {
+                for record in wire::records::<Object>(&ndjson) {
+                    let record = record?;
+                    if record.source == SourceKind::Ward {
+                        return Err(Error::InvalidRequest(
+                            "records with source \"ward\" are written only by Ward itself".into(),
+                        ));
+                    }
+                    builder.add(Prepared::new(record));
+                }
+            }
+        }
+        let BatchBuilder { parsed, docs, .. } = builder;
+        if let (Some(tap), Some(parsed)) = (&self.inner.tap, parsed) {
             tap.observe(&parsed);
         }
-        let redactor = &self.inner.redactor;
-        let docs: Vec<Pending> = parsed
-            .iter_mut()
-            .zip(&event_jsons)
-            .map(|(r, event_json)| {
-                let redacted = redactor.is_enabled() && redactor.redact(&mut r.hit);
-                // A redacted record is stored as it now is, not as it came.
-                let event_json = event_json.as_ref().filter(|_| !redacted);
-                let document::Built {
-                    doc,
-                    digest,
-                    tie,
-                    time_inferred,
-                } = document::build_parsed_with(schema, r, event_json);
-                let key = if time_inferred {
-                    RecordKey::whole(&r.key)
-                } else {
-                    RecordKey::Timed {
-                        nanos: r.timestamp_nanos,
-                        tie,
-                    }
-                };
-                Pending {
-                    key,
-                    day: Day::of_nanos(r.timestamp_nanos),
-                    digest,
-                    doc,
-                }
-            })
-            .collect();
+        let count = docs.len();
         match self
             .inner
             .tx
             .send_timeout(WriterMsg::Batch { docs, ack }, self.inner.queue_timeout)
         {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(count),
             Err(SendTimeoutError::Timeout(_)) => Err(Error::Unavailable(
                 "the index writer is busy; retry later".into(),
             )),

@@ -633,13 +633,14 @@ async fn partitions_of_the_earlier_schema_stay_readable_and_writable() {
     {
         let mut writer: tantivy::IndexWriter =
             index.writer_with_num_threads(1, 15_000_000).unwrap();
-        let parsed = document::ParsedRecord::from_record(event(
+        let old = event(
             "old-1",
             "system:serviceaccount:kube-system:replicaset-controller",
             true,
-        ));
+        );
+        let parsed = document::ParsedRecord::from_record(old.clone());
         // The earlier builder wrote the whole replay key as the `_key` term.
-        let built = document::build_parsed(&current, &parsed).doc;
+        let built = document::build(&current, old);
         let mut doc = tantivy::TantivyDocument::new();
         for (field, value) in built.field_values() {
             if field != current.key {
