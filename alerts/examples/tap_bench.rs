@@ -1,6 +1,6 @@
 //! Ingest throughput with detection on versus off, in one run: the same
 //! replicated audit corpus (the indexer bench's, see
-//! `indexer/benches/support/mod.rs`) through `Store::ingest_blocking` with
+//! `indexer/benches/support/mod.rs`) through `Store::ingest_ndjson_blocking` with
 //! 4 batches in flight, once without a tap and once with [`RulesTap`]
 //! running the whole built-in pack and storing alerts in redb.
 //!
@@ -127,8 +127,7 @@ fn run(
                             break;
                         };
                         let ndjson = wire::decompress(body, DECOMPRESS_LIMIT).unwrap();
-                        let records = wire::decode(&ndjson).unwrap();
-                        store.ingest_blocking(records).unwrap();
+                        store.ingest_ndjson_blocking(ndjson).unwrap();
                     }
                 });
             }

@@ -197,8 +197,8 @@ fn main() {
         let bytes_per_event = corpus.event_bytes as f64 / corpus.events as f64;
         for (name, d) in [
             ("wire::decompress", profile.decompress),
-            ("wire::decode", profile.decode),
-            ("document::build", profile.build),
+            ("wire::records (event trees)", profile.decode),
+            ("Prepared::build", profile.build),
         ] {
             let us = d.as_secs_f64() * 1e6 / profiled as f64;
             println!(
@@ -249,8 +249,8 @@ fn main() {
         println!("|---|---:|---:|---:|");
         for (name, d) in [
             ("wire::decompress", phases.decompress),
-            ("wire::decode", phases.decode),
-            ("document::build", phases.build),
+            ("wire::records (event trees)", phases.decode),
+            ("Prepared::build", phases.build),
         ] {
             println!(
                 "| {name} | {:.2} | {:.2} | {:.1} |",

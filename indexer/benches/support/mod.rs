@@ -5,11 +5,11 @@
 //! The two paths index the same documents into the same schema with the
 //! same writer heap and thread count:
 //! - [`run_ward`]: what the indexer does with a collector's batches —
-//!   zstd NDJSON → `wire::decompress` → `wire::decode` →
-//!   `Store::ingest_blocking` (document build, group-commit writer), with
+//!   zstd NDJSON → `wire::decompress` → `Store::ingest_ndjson_blocking`
+//!   (events parsed into trees, document build, group-commit writer), with
 //!   several batches in flight as the collector keeps them;
-//! - [`run_raw`]: documents already built with `document::build`, added to a
-//!   tantivy `IndexWriter` directly, with one commit at the end.
+//! - [`run_raw`]: documents already built as the store builds them, added
+//!   to a tantivy `IndexWriter` directly, with one commit at the end.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -21,9 +21,9 @@ use serde_json::{Map, Value};
 use tantivy::directory::MmapDirectory;
 use tantivy::{Index, IndexWriter, TantivyDocument};
 use ward_event::audit::{self, Parsed};
-use ward_event::wire::{self, BatchWriter, DecodedRecord, RawRecord};
+use ward_event::wire::{self, BatchWriter, RawRecord};
 use ward_event::{Record, SourceKind};
-use ward_indexer::document;
+use ward_indexer::document::{Prepared, TreeRecord};
 use ward_indexer::schema::WardSchema;
 use ward_indexer::{Store, StoreConfig};
 
@@ -315,7 +315,7 @@ pub struct WardRun {
 }
 
 /// Ward end to end: `senders` threads each take the next compressed batch,
-/// decompress, decode and `ingest_blocking` it (which builds documents and
+/// decompress and `ingest_ndjson_blocking` it (which parses and builds documents and
 /// waits for the group commit that acknowledges the batch).
 pub fn run_ward(corpus: &Corpus, settings: &Settings, dir: &Path) -> WardRun {
     let mut config = StoreConfig::new(dir);
@@ -364,9 +364,7 @@ pub fn run_ward(corpus: &Corpus, settings: &Settings, dir: &Path) -> WardRun {
                             break;
                         };
                         let ndjson = wire::decompress(body, DECOMPRESS_LIMIT).expect("decompress");
-                        let records = wire::decode(&ndjson).expect("decode");
-                        drop(ndjson);
-                        store.ingest_blocking(records).expect("ingest");
+                        store.ingest_ndjson_blocking(ndjson).expect("ingest");
                     }
                 }));
             }
@@ -406,6 +404,18 @@ pub struct Phases {
     pub build: Duration,
 }
 
+/// Decodes a batch as the store does: events as trees borrowing from it.
+fn decode_trees(ndjson: &[u8]) -> Vec<TreeRecord<'_>> {
+    wire::records(ndjson)
+        .collect::<Result<_, _>>()
+        .expect("decode")
+}
+
+/// Builds a record's document as the store does (without redaction).
+fn build_tree(schema: &WardSchema, record: TreeRecord<'_>) -> TantivyDocument {
+    Prepared::new(record).build(schema, None).doc
+}
+
 /// Decompresses, decodes and builds every document of the corpus (outside
 /// any indexing), batch by batch, timing each step.
 pub fn build_documents(corpus: &Corpus, schema: &WardSchema) -> (Vec<TantivyDocument>, Phases) {
@@ -416,10 +426,10 @@ pub fn build_documents(corpus: &Corpus, schema: &WardSchema) -> (Vec<TantivyDocu
         let ndjson = wire::decompress(body, DECOMPRESS_LIMIT).expect("decompress");
         phases.decompress += t.elapsed();
         let t = Instant::now();
-        let records: Vec<DecodedRecord> = wire::decode(&ndjson).expect("decode");
+        let records = decode_trees(&ndjson);
         phases.decode += t.elapsed();
         let t = Instant::now();
-        docs.extend(records.into_iter().map(|r| document::build(schema, r)));
+        docs.extend(records.into_iter().map(|r| build_tree(schema, r)));
         phases.build += t.elapsed();
     }
     (docs, phases)
@@ -436,14 +446,12 @@ pub fn profile_phases(corpus: &Corpus, schema: &WardSchema, max_batches: usize) 
         let ndjson = wire::decompress(body, DECOMPRESS_LIMIT).expect("decompress");
         phases.decompress += t.elapsed();
         let t = Instant::now();
-        let records: Vec<DecodedRecord> = wire::decode(&ndjson).expect("decode");
+        let records = decode_trees(&ndjson);
         phases.decode += t.elapsed();
         events += records.len();
         let t = Instant::now();
-        let docs: Vec<TantivyDocument> = records
-            .into_iter()
-            .map(|r| document::build(schema, r))
-            .collect();
+        let docs: Vec<TantivyDocument> =
+            records.into_iter().map(|r| build_tree(schema, r)).collect();
         phases.build += t.elapsed();
         drop(std::hint::black_box(docs));
     }
