@@ -23,31 +23,21 @@ pub(crate) async fn ingest(
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase());
     let limit = state.config.max_batch_bytes;
-    let records = tokio::task::spawn_blocking(move || {
-        let ndjson = match encoding.as_deref() {
-            Some(wire::CONTENT_ENCODING) => wire::decompress(&body, limit)?,
-            None | Some("identity") => {
-                if body.len() > limit {
-                    return Err(ward_event::Error::TooLarge { limit }.into());
-                }
-                body.to_vec()
+    let ndjson = tokio::task::spawn_blocking(move || match encoding.as_deref() {
+        Some(wire::CONTENT_ENCODING) => Ok(wire::decompress(&body, limit)?),
+        None | Some("identity") => {
+            if body.len() > limit {
+                return Err(ward_event::Error::TooLarge { limit }.into());
             }
-            Some(other) => return Err(ApiError::UnsupportedEncoding(other.to_owned())),
-        };
-        wire::decode(&ndjson).map_err(ApiError::from)
+            Ok(body.to_vec())
+        }
+        Some(other) => Err(ApiError::UnsupportedEncoding(other.to_owned())),
     })
     .await
     .map_err(|e| ApiError::BadRequest(e.to_string()))??;
-    // Ward's own events (the API audit trail) are written only by Ward.
-    if records
-        .iter()
-        .any(|r| r.source == ward_event::SourceKind::Ward)
-    {
-        return Err(ApiError::BadRequest(
-            "records with source \"ward\" are written only by Ward itself".into(),
-        ));
-    }
-    let receipt = state.store.ingest(records).await?;
+    // The store refuses lines that are not records, and records with
+    // source "ward": Ward's own events are written only by Ward.
+    let receipt = state.store.ingest_ndjson(ndjson).await?;
     Ok(Json(receipt))
 }
 

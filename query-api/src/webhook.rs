@@ -13,7 +13,6 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use serde::Deserialize;
-use ward_event::wire;
 use ward_indexer::IngestReceipt;
 
 use crate::{ApiError, AppState};
@@ -33,18 +32,17 @@ pub(crate) async fn audit(
         .cluster
         .filter(|c| !c.is_empty())
         .or_else(|| state.options.cluster.clone());
-    let records = tokio::task::spawn_blocking(move || {
+    let ndjson = tokio::task::spawn_blocking(move || {
         let text = std::str::from_utf8(&body)
             .map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))?;
         let mut batch = ward_event::audit::webhook_batch(text, cluster.as_deref(), None)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        wire::decode(&batch.take()).map_err(ApiError::from)
+        Ok::<_, ApiError>(batch.take())
     })
     .await
     .map_err(|e| ApiError::BadRequest(e.to_string()))??;
-    let events = records.len();
-    let receipt = state.store.ingest(records).await?;
-    tracing::debug!(events, "audit webhook batch committed");
+    let receipt = state.store.ingest_ndjson(ndjson).await?;
+    tracing::debug!(events = receipt.records, "audit webhook batch committed");
     Ok(Json(receipt))
 }
 
