@@ -671,8 +671,23 @@ async fn refused_requests_are_in_the_audit_trail_within_bounds() {
 /// A request that times out answers 503, and its search or aggregation on
 /// the blocking pool stops instead of running on (counted in
 /// `ward_indexer_queries_cancelled_total`).
-#[tokio::test]
-async fn timed_out_queries_stop_their_blocking_work() {
+///
+/// The runtime has one blocking thread, held busy while each request is
+/// made: the query can only start after its request timed out, so it
+/// cannot finish first on a loaded machine (it did once, and the test
+/// failed).
+#[test]
+fn timed_out_queries_stop_their_blocking_work() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(timed_out_queries_stop(&runtime));
+}
+
+async fn timed_out_queries_stop(runtime: &tokio::runtime::Runtime) {
     // Enough records that a query takes longer than the timer's first tick.
     let (_dir, store) = store_with(vec![]).await;
     for chunk in 0..24 {
@@ -708,8 +723,12 @@ async fn timed_out_queries_stop_their_blocking_work() {
     .into_iter()
     .enumerate()
     {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let busy = runtime.spawn_blocking(move || held.recv());
         let (status, body) = call(&app, get(uri)).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {body}");
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
         let mut waited = 0;
         while cancelled() < n as u64 + 1 && waited < 100 {
             tokio::time::sleep(Duration::from_millis(50)).await;
