@@ -76,8 +76,9 @@ pub enum Flag {
 /// One record as it travels from collector to indexer.
 ///
 /// `E` is the event body: `&RawValue` or a serializable struct when the
-/// collector encodes, `serde_json::Map` when the indexer decodes, so that the
-/// event is parsed exactly once on each side.
+/// collector encodes; when the indexer decodes, a tree borrowing from the
+/// batch (`ward_indexer::tree`) or a `serde_json::Map`, so that the event is
+/// parsed exactly once on each side.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record<E> {
     /// Stable identity of the record: the same line read twice (after a

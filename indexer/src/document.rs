@@ -19,7 +19,7 @@ use ward_event::wire::DecodedRecord;
 use ward_event::{Flag, Record, SourceKind};
 
 use crate::chain::{Digest32, record_digest};
-use crate::redact::Redactor;
+use crate::redact::{Redactor, Tally};
 use crate::schema::{
     AUDIT_ID, MESSAGE, STATUS_CODE, TIMESTAMP, WardSchema, flat_term_text, ip_term_text,
     is_time_text, parse_ip, tie_of,
@@ -158,13 +158,14 @@ impl<'a> Prepared<'a> {
         }
     }
 
-    /// Builds the document, redacted by `redactor` first.
-    pub fn build(self, schema: &WardSchema, redactor: Option<&Redactor>) -> Built {
-        let redacted = redactor
-            .filter(|r| r.is_enabled() && r.may_change(&self.hit))
-            .and_then(|r| {
+    /// Builds the document, redacted first when `redaction` says by what
+    /// (counting into its tally).
+    pub fn build(self, schema: &WardSchema, redaction: Option<(&Redactor, &mut Tally)>) -> Built {
+        let redacted = redaction
+            .filter(|(r, _)| r.is_enabled() && r.may_change(&self.hit))
+            .and_then(|(r, tally)| {
                 let mut hit = self.hit.to_map();
-                r.redact(&mut hit).then_some(hit)
+                r.redact_into(&mut hit, tally).then_some(hit)
             });
         match &redacted {
             // A redacted record is stored as it now is, not as it came.
@@ -513,7 +514,13 @@ mod tests {
             "audit\u{0}prod\u{0}a-1\u{0}ResponseComplete\u{0}{:016x}",
             std::hash::Hasher::finish(&pieces.0)
         );
-        assert_eq!(ParsedRecord::from_record(record).key, expected);
+        assert_eq!(ParsedRecord::from_record(record.clone()).key, expected);
+        // The same event as a sender writes it, keys in another order and
+        // one repeated, parsed into a tree from the text.
+        let text = r#"{"verb":"list","user":{"groups":["g1","g2"],"username":"alice"},"n":1.50,"stage":"ResponseComplete","auditID":"a-1","verb":"get"}"#;
+        let tree: Object = serde_json::from_str(text).unwrap();
+        let from_text = Prepared::new(record.with_event(tree));
+        assert_eq!(from_text.key, expected);
     }
 
     /// The stored form built from the kept event JSON is the same object as

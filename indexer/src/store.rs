@@ -1,9 +1,12 @@
 //! The partitioned index on disk, its single writer, and search.
 //!
-//! Ingest path: the HTTP layer decodes a batch and calls [`Store::ingest`],
-//! which parses each record once, shows the batch to the [`IngestTap`]
-//! (detection rules), redacts it, and builds tantivy documents on the
-//! blocking pool. The documents go to the writer thread over a bounded
+//! Ingest path: the HTTP layer hands a batch's NDJSON to
+//! [`Store::ingest_ndjson`] (Ward's own records come decoded, to
+//! [`Store::ingest`]). On the blocking pool, each record is parsed once
+//! into a tree borrowing from the batch (see [`crate::tree`]), redacted
+//! when it needs to be, and built into a tantivy document; the
+//! [`IngestTap`] (detection rules) then sees the batch's records as they
+//! came, before the writer gets them. The documents go to the writer thread over a bounded
 //! channel (a full channel makes senders wait, then answer "busy" rather
 //! than queue without end). The writer adds each document to the partition
 //! of its day (see [`crate::partition`]) and commits every partition it
@@ -51,10 +54,10 @@ use crate::chain::{self, ChainFile, CommitPayload, Digest32, EntryBody, HmacKey}
 use crate::document::{ParsedRecord, Prepared};
 use crate::page::{Cursor, PageCollector, SortOrder};
 use crate::partition::{self, Day};
-use crate::redact::Redactor;
+use crate::redact::{Redactor, Tally};
 use crate::schema::{TIE, TIMESTAMP, WardSchema};
 use crate::tail::TailFeed;
-use crate::tree::Object;
+use crate::tree::{Node, Object};
 use crate::{Error, compile, document, query};
 
 /// How long data is kept: by age of the day, and by total size.
@@ -244,6 +247,8 @@ struct BatchBuilder<'s> {
     /// The records as the tap sees them, when there is a tap.
     parsed: Option<Vec<ParsedRecord>>,
     docs: Vec<Pending>,
+    /// Counted once the writer has taken the batch.
+    redactions: Tally,
 }
 
 impl BatchBuilder<'_> {
@@ -258,7 +263,7 @@ impl BatchBuilder<'_> {
             time_inferred,
             key,
             timestamp_nanos,
-        } = record.build(self.schema, Some(self.redactor));
+        } = record.build(self.schema, Some((self.redactor, &mut self.redactions)));
         let key = if time_inferred {
             RecordKey::whole(&key)
         } else {
@@ -465,6 +470,7 @@ impl Store {
             redactor: &self.inner.redactor,
             parsed: self.inner.tap.as_ref().map(|_| Vec::new()),
             docs: Vec::new(),
+            redactions: Tally::default(),
         };
         match batch {
             Batch::Records(records) => {
@@ -477,7 +483,13 @@ impl Store {
             Batch::Ndjson(ndjson) => {
                 for record in wire::records::<Object>(&ndjson) {
                     let record = record?;
-                    if record.source == SourceKind::Ward {
+                    // An event's own `source` wins in the hit, so it is
+                    // checked too: the trail of `source:ward` records is
+                    // evidence, and nobody else may add to it.
+                    if record.source == SourceKind::Ward
+                        || record.event.get("source").and_then(Node::as_str)
+                            == Some(SourceKind::Ward.as_str())
+                    {
                         return Err(Error::InvalidRequest(
                             "records with source \"ward\" are written only by Ward itself".into(),
                         ));
@@ -486,7 +498,12 @@ impl Store {
                 }
             }
         }
-        let BatchBuilder { parsed, docs, .. } = builder;
+        let BatchBuilder {
+            parsed,
+            docs,
+            redactions,
+            ..
+        } = builder;
         if let (Some(tap), Some(parsed)) = (&self.inner.tap, parsed) {
             tap.observe(&parsed);
         }
@@ -496,7 +513,10 @@ impl Store {
             .tx
             .send_timeout(WriterMsg::Batch { docs, ack }, self.inner.queue_timeout)
         {
-            Ok(()) => Ok(count),
+            Ok(()) => {
+                self.inner.redactor.count(&redactions);
+                Ok(count)
+            }
             Err(SendTimeoutError::Timeout(_)) => Err(Error::Unavailable(
                 "the index writer is busy; retry later".into(),
             )),

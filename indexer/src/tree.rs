@@ -11,7 +11,14 @@
 //! (a B-tree, last duplicate wins) keeps them, so that [`Node::write_json`]
 //! writes exactly the bytes `serde_json::to_vec` writes for the same
 //! `Value`. Replay keys hash those bytes, and the keys of records already on
-//! disk must not change (`document::tests` checks the two agree).
+//! disk must not change (`document::tests` checks the two agree, and the
+//! `event_tree` fuzz target compares them on arbitrary input).
+//!
+//! One difference is by design: with serde_json's `raw_value` feature (on
+//! in Ward's build), `Value` takes the key `$serde_json::private::RawValue`
+//! as a marker and replaces its object by the parsed string value (or fails
+//! the whole batch). A tree keeps it as the key it is, so a custom
+//! resource with that field is stored as sent.
 
 use std::borrow::Cow;
 use std::fmt;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use tantivy::schema::Value as _;
-use ward_event::wire::DecodedRecord;
+use ward_event::wire::{BatchWriter, DecodedRecord};
 use ward_event::{Record, SourceKind};
 use ward_indexer::chain::HmacKey;
 use ward_indexer::partition::{self, Day};
@@ -743,5 +743,99 @@ async fn secrets_are_redacted_before_storage_but_rules_see_them() {
         counts.iter().find(|(n, _)| *n == "bearer-token").unwrap().1,
         1
     );
+    store.shutdown().await;
+}
+
+/// The store's own decoding of NDJSON batches (what the HTTP layer hands
+/// it): the tap sees the originals in order, records are redacted, and a
+/// batch that is refused leaves nothing behind — no document, no tap call,
+/// no redaction counted (its sender sends it again).
+#[tokio::test]
+async fn ndjson_batches_are_decoded_redacted_and_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let tap = Arc::new(Recorder::default());
+    let mut c = config(dir.path());
+    c.tap = Some(tap.clone());
+    let store = Store::open(c).unwrap();
+    let mut secret = audit(1, at("2026-11-23T10:00:00Z"));
+    secret.event.insert(
+        "requestObject".into(),
+        json!({"kind": "Secret", "metadata": {"name": "db"}, "data": {"password": "aHVudGVyMg=="}}),
+    );
+    let line = container(
+        2,
+        at("2026-11-23T10:00:01Z"),
+        "login with Authorization: Bearer abcdefghijklmnop123 ok",
+    );
+    let batch = |records: &[DecodedRecord], tail: &[u8]| {
+        let mut w = BatchWriter::new();
+        for r in records {
+            w.push(r).unwrap();
+        }
+        let mut bytes = w.take();
+        bytes.extend_from_slice(tail);
+        bytes
+    };
+    let counted = |store: &Store| {
+        let counts = store.redactor().counts();
+        let of = |name: &str| counts.iter().find(|(n, _)| *n == name).unwrap().1;
+        (of("secret-data"), of("bearer-token"))
+    };
+    // Refused: a line that is not a record, after two redactable records.
+    let err = store
+        .ingest_ndjson(batch(&[secret.clone(), line.clone()], b"not json\n"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("line 3"), "{err}");
+    // Refused: `source: ward`, in the envelope or in the event.
+    let mut forged = audit(3, at("2026-11-23T10:00:02Z"));
+    forged.source = SourceKind::Ward;
+    let mut forged_event = audit(4, at("2026-11-23T10:00:03Z"));
+    forged_event.event.insert("source".into(), json!("ward"));
+    for forged in [forged, forged_event] {
+        let err = store
+            .ingest_ndjson(batch(&[line.clone(), forged], b""))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ward_indexer::Error::InvalidRequest(_)),
+            "{err}"
+        );
+    }
+    assert_eq!(store.num_docs(), 0);
+    assert!(
+        tap.0.lock().unwrap().is_empty(),
+        "the tap saw a refused batch"
+    );
+    assert_eq!(counted(&store), (0, 0), "redactions of refused batches");
+    // Accepted.
+    let receipt = store
+        .ingest_ndjson(batch(&[secret.clone(), line.clone()], b"\n  \n"))
+        .await
+        .unwrap();
+    assert_eq!((receipt.records, receipt.duplicates), (2, 0));
+    assert_eq!(counted(&store), (1, 1));
+    let hits = search(&store, "", None, None).await;
+    let text = serde_json::to_string(&hits).unwrap();
+    assert!(!text.contains("aHVudGVyMg=="), "{text}");
+    assert!(!text.contains("abcdefghijklmnop123"), "{text}");
+    let seen = tap.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0]["requestObject"]["data"]["password"], "aHVudGVyMg==");
+    assert!(
+        seen[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("abcdefghijklmnop123")
+    );
+    // What the tap saw is the hit as Ward's own records' path builds it.
+    let expected = ParsedRecord::from_record(secret.clone()).hit;
+    assert_eq!(seen[0], expected);
+    // A resend is recognised, redacted or not.
+    let receipt = store
+        .ingest_ndjson(batch(&[secret, line], b""))
+        .await
+        .unwrap();
+    assert_eq!((receipt.records, receipt.duplicates), (2, 2));
     store.shutdown().await;
 }
