@@ -227,7 +227,20 @@ fn to_map(members: &Members<'_>) -> Map<String, Value> {
 }
 
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    let _ = serde_json::to_writer(&mut *out, s);
+    // serde_json escapes `"`, `\` and control characters, and nothing else;
+    // most strings have none, and are copied whole. The check has no early
+    // exit so that it compiles to a vector loop.
+    let plain = s
+        .bytes()
+        .fold(true, |plain, b| plain & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+    if plain {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 fn write_members(out: &mut Vec<u8>, members: &Members<'_>) {
