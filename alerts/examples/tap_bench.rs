@@ -41,16 +41,16 @@ struct EvalOnly {
 }
 
 impl IngestTap for EvalOnly {
-    fn observe(&self, batch: &[ward_indexer::ParsedRecord]) {
+    fn observe(&self, batch: &[ward_indexer::ParsedRecord<'_>]) {
         let mut engine = self.engine.lock().unwrap();
         let mut out = Vec::new();
         for r in batch {
             if r.hit.get("source").and_then(|v| v.as_str()) != Some("audit") {
                 continue;
             }
-            let t = ward_rules::event_time(&r.hit).unwrap_or_default();
+            let t = ward_rules::tree_event_time(r.hit).unwrap_or_default();
             out.clear();
-            engine.process_map(&r.hit, t, &mut out);
+            engine.process_tree(r.hit, t, &mut out);
         }
     }
 }
@@ -71,7 +71,7 @@ fn thread_cpu_ns() -> u64 {
 }
 
 impl IngestTap for Timed {
-    fn observe(&self, batch: &[ward_indexer::ParsedRecord]) {
+    fn observe(&self, batch: &[ward_indexer::ParsedRecord<'_>]) {
         let start = thread_cpu_ns();
         self.inner.observe(batch);
         self.cpu_ns

@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
 use tokio::sync::Notify;
+use ward_indexer::tree::{self, Node, Object};
 use ward_indexer::{IngestTap, ParsedRecord};
 use ward_rules::{Engine, LoadError, RuleSet};
 
@@ -171,7 +171,7 @@ impl RulesTap {
     }
 
     /// Evaluates a batch; returns the alerts raised, and the ids it took.
-    fn evaluate<'b>(&self, batch: &'b [ParsedRecord]) -> (Vec<NewAlert>, Vec<&'b str>) {
+    fn evaluate<'b>(&self, batch: &[ParsedRecord<'b>]) -> (Vec<NewAlert>, Vec<&'b str>) {
         let mut raised = Vec::new();
         let mut taken = Vec::new();
         let mut out = Vec::new();
@@ -179,24 +179,24 @@ impl RulesTap {
         let mut state = self.lock();
         let State { engine, seen, .. } = &mut *state;
         for record in batch {
-            let hit = &record.hit;
-            if hit.get("source").and_then(Value::as_str) != Some("audit") {
+            let hit = record.hit;
+            if hit.get("source").and_then(Node::as_str) != Some("audit") {
                 continue;
             }
-            if !seen.insert(&record.id) {
+            if !seen.insert(record.id) {
                 replayed += 1;
                 continue;
             }
-            taken.push(record.id.as_str());
+            taken.push(record.id);
             events += 1;
-            let time = ward_rules::event_time(hit)
+            let time = ward_rules::tree_event_time(hit)
                 .unwrap_or_else(|| DateTime::<Utc>::from_timestamp_nanos(record.timestamp_nanos));
             out.clear();
-            engine.process_map(hit, time, &mut out);
+            engine.process_tree(hit, time, &mut out);
             for alert in out.drain(..) {
                 raised.push(NewAlert {
                     alert,
-                    event_id: record.id.clone(),
+                    event_id: record.id.to_owned(),
                     audit_id: text(hit, &["auditID"]),
                     cluster: text(hit, &["cluster"]),
                     namespace: text(hit, &["objectRef", "namespace"]),
@@ -211,17 +211,17 @@ impl RulesTap {
     }
 }
 
-fn text(map: &Map<String, Value>, path: &[&str]) -> Option<String> {
+fn text(hit: &Object<'_>, path: &[&str]) -> Option<String> {
     let (last, parents) = path.split_last()?;
-    let mut m = map;
+    let mut members = &hit.0;
     for p in parents {
-        m = m.get(*p)?.as_object()?;
+        members = tree::get(members, p)?.as_members()?;
     }
-    m.get(*last)?.as_str().map(str::to_owned)
+    tree::get(members, last)?.as_str().map(str::to_owned)
 }
 
 impl IngestTap for RulesTap {
-    fn observe(&self, batch: &[ParsedRecord]) {
+    fn observe(&self, batch: &[ParsedRecord<'_>]) {
         let (raised, taken) = self.evaluate(batch);
         if raised.is_empty() {
             return;

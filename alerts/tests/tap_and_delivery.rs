@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use serde_json::{Map, Value};
 use ward_alerts::{AlertStore, Dispatcher, RulesTap, SinksConfig, Status};
+use ward_indexer::tree::Object;
 use ward_indexer::{IngestTap, ParsedRecord};
 use ward_rules::RuleSet;
 
@@ -25,14 +26,20 @@ fn fixture(name: &str) -> Map<String, Value> {
     serde_json::from_str(text.lines().next().unwrap()).unwrap()
 }
 
-fn record(id: &str, event: Map<String, Value>) -> ParsedRecord {
+/// The hit of an audit record with this id, as the indexer builds it.
+fn hit(id: &str, event: Map<String, Value>) -> Map<String, Value> {
     let mut hit = event;
     hit.insert("source".into(), "audit".into());
     hit.insert("cluster".into(), "prod-1".into());
     hit.insert("ward".into(), serde_json::json!({ "id": id }));
+    hit
+}
+
+/// The record the tap sees for a hit (the indexer lends it the batch's trees).
+fn record<'a>(id: &'a str, hit: &'a Object<'a>) -> ParsedRecord<'a> {
     ParsedRecord {
-        id: id.into(),
-        key: id.into(),
+        id,
+        key: id,
         timestamp_nanos: 0,
         hit,
     }
@@ -107,15 +114,9 @@ async fn tap_raises_once_and_sinks_get_it_despite_failures() {
     let audit_id = exec["auditID"].as_str().unwrap().to_owned();
     let mut container = Map::new();
     container.insert("source".into(), "container".into());
-    let batch = vec![
-        record("f:1", exec.clone()),
-        ParsedRecord {
-            id: "f:2".into(),
-            key: "f:2".into(),
-            timestamp_nanos: 0,
-            hit: container,
-        },
-    ];
+    let exec_hit = hit("f:1", exec.clone());
+    let (exec_tree, container_tree) = (Object::of_map(&exec_hit), Object::of_map(&container));
+    let batch = vec![record("f:1", &exec_tree), record("f:2", &container_tree)];
     tap.observe(&batch);
     let first = store.count().unwrap();
     assert!(first >= 1, "the exec trace raises an alert");
@@ -128,7 +129,8 @@ async fn tap_raises_once_and_sinks_get_it_despite_failures() {
     assert_eq!(tap.counts().replayed, 1);
     // Same event under another record id (resent by a restarted
     // collector in a new epoch): the store's rule+auditID key catches it.
-    tap.observe(&[record("g:1", exec)]);
+    let again = hit("g:1", exec);
+    tap.observe(&[record("g:1", &Object::of_map(&again))]);
     assert_eq!(store.count().unwrap(), first);
 
     let alerts = store
@@ -221,7 +223,8 @@ async fn queued_deliveries_survive_a_restart_while_the_sink_is_down() {
         let running = tokio::spawn(dispatcher.run(async {
             let _ = stop_rx.await;
         }));
-        tap.observe(&[record("f:1", fixture("exec_pod.json"))]);
+        let exec = hit("f:1", fixture("exec_pod.json"));
+        tap.observe(&[record("f:1", &Object::of_map(&exec))]);
         wait_for("failed attempts", || {
             store
                 .sink_counts()

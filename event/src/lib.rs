@@ -7,7 +7,9 @@
 //!   merger for partial lines;
 //! - [`audit`]: Kubernetes `audit.k8s.io` Event / EventList parsing;
 //! - [`path`]: pod / namespace / container metadata from kubelet log paths;
-//! - [`wire`]: the NDJSON + zstd batch format and its bounded decoder.
+//! - [`wire`]: the NDJSON + zstd batch format and its bounded decoder;
+//! - [`tree`]: an event's JSON as a tree borrowing from its batch, which the
+//!   indexer builds documents from and detection rules evaluate.
 //!
 //! Invariant: this crate depends on nothing of Ward's, and nothing on the
 //! per-line hot path uses regular expressions.
@@ -20,6 +22,7 @@ pub mod partial;
 pub mod path;
 pub mod record;
 pub mod time;
+pub mod tree;
 pub mod wire;
 
 pub use error::Error;

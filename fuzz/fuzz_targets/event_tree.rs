@@ -1,4 +1,4 @@
-//! The indexer's event trees (`ward_indexer::tree`) against serde_json's
+//! Event trees (`ward_event::tree`, what the indexer and the rules use) against serde_json's
 //! `Value`, on arbitrary bytes: the same texts parse, and a tree writes
 //! exactly the JSON its `Value` writes. Replay keys hash those bytes, so a
 //! difference would let a replayed event be stored twice.
@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use ward_indexer::tree::{Node, Object};
+use ward_event::tree::{Node, Object};
 
 /// A key serde_json's `Value` takes as a marker of its `RawValue` (with
 /// the `raw_value` feature, which Ward's build enables) and not as a key:

@@ -33,24 +33,27 @@ use crate::tree::{self, Members, Node, Object};
 /// `auditID` is matched whole through `_flat`, see `crate::compile`).
 const NOT_IN_ALL: &[&str] = &["requestObject", "responseObject", "ward", AUDIT_ID];
 
-/// A record parsed once: its id, event time, and the hit it is stored and
-/// returned as. Detection rules see this before it becomes a document.
-#[derive(Debug, Clone)]
-pub struct ParsedRecord {
-    pub id: String,
+/// A record as the ingest tap sees it, parsed once and before redaction:
+/// its id, replay key, time, and the hit it is stored and returned as,
+/// borrowed from the batch. Detection rules see this before it becomes a
+/// document.
+#[derive(Debug, Clone, Copy)]
+pub struct ParsedRecord<'a> {
+    pub id: &'a str,
     /// What replays are recognised by: the record id, or for an audit
     /// event the cluster, `auditID` and `stage`, so that one API server
     /// event is stored once however it arrived (log file, webhook, retries).
-    pub key: String,
+    pub key: &'a str,
     pub timestamp_nanos: i64,
-    pub hit: Map<String, Value>,
+    pub hit: &'a Object<'a>,
 }
 
-impl ParsedRecord {
-    pub fn from_record(mut record: DecodedRecord) -> ParsedRecord {
-        let event = std::mem::take(&mut record.event);
-        Prepared::new(record.with_event(Object::of_map(&event))).parsed()
-    }
+/// The replay key and hit of a decoded record, as ingest computes them
+/// (for tests and tools that hold records, not batches).
+pub fn key_and_hit(mut record: DecodedRecord) -> (String, Map<String, Value>) {
+    let event = std::mem::take(&mut record.event);
+    let prepared = Prepared::new(record.with_event(Object::of_map(&event)));
+    (prepared.key.clone(), prepared.hit.to_map())
 }
 
 /// A record whose event is a tree borrowed from the batch's bytes.
@@ -141,8 +144,8 @@ impl<'a> Prepared<'a> {
         }
     }
 
-    /// The record as detection rules see it (a copy of the hit).
-    pub fn parsed(&self) -> ParsedRecord {
+    /// The record as detection rules see it.
+    pub fn parsed(&self) -> ParsedRecord<'_> {
         let id = self
             .hit
             .get("ward")
@@ -151,10 +154,10 @@ impl<'a> Prepared<'a> {
             .and_then(Node::as_str)
             .unwrap_or_default();
         ParsedRecord {
-            id: id.to_owned(),
-            key: self.key.clone(),
+            id,
+            key: &self.key,
             timestamp_nanos: self.timestamp_nanos,
-            hit: self.hit.to_map(),
+            hit: &self.hit,
         }
     }
 
@@ -514,7 +517,7 @@ mod tests {
             "audit\u{0}prod\u{0}a-1\u{0}ResponseComplete\u{0}{:016x}",
             std::hash::Hasher::finish(&pieces.0)
         );
-        assert_eq!(ParsedRecord::from_record(record.clone()).key, expected);
+        assert_eq!(key_and_hit(record.clone()).0, expected);
         // The same event as a sender writes it, keys in another order and
         // one repeated, parsed into a tree from the text.
         let text = r#"{"verb":"list","user":{"groups":["g1","g2"],"username":"alice"},"n":1.50,"stage":"ResponseComplete","auditID":"a-1","verb":"get"}"#;
@@ -544,7 +547,7 @@ mod tests {
             ),
         ] {
             let record = audit_record(event, cluster);
-            let parsed = ParsedRecord::from_record(record.clone());
+            let (_, hit) = key_and_hit(record.clone());
             let map = record.event.clone();
             let prepared = Prepared::new(record.with_event(Object::of_map(&map)));
             assert!(
@@ -558,12 +561,12 @@ mod tests {
                 .and_then(|v| v.as_bytes())
                 .unwrap();
             let stored: Value = serde_json::from_slice(bytes).unwrap();
-            assert_eq!(stored, Value::Object(parsed.hit.clone()));
+            assert_eq!(stored, Value::Object(hit.clone()));
             // serde_json keeps the last of duplicate keys: count them.
             let keys = top_level_keys(bytes);
             let unique: std::collections::BTreeSet<&String> = keys.iter().collect();
             assert_eq!(keys.len(), unique.len(), "{keys:?}");
-            assert_eq!(keys.len(), parsed.hit.len());
+            assert_eq!(keys.len(), hit.len());
         }
         // An event with its own `ward` key is stored whole.
         let record = audit_record(json!({"auditID": "a", "stage": "s", "ward": 1}), None);

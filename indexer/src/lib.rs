@@ -19,7 +19,7 @@
 //! - [`verify`]: recomputes the chains from the stored records;
 //! - [`snapshot`]: consistent copies while the indexer runs, and restore;
 //! - [`redact`]: Secret data and credentials removed before storage;
-//! - [`tree`]: an event's JSON borrowed from its batch, as ingest parses it.
+//! - `tree` (from `ward-event`): an event's JSON borrowed from its batch, as ingest parses it.
 //!
 //! Crash semantics: a batch is acknowledged only after the tantivy commits
 //! that contain it have returned, and tantivy's commit is atomic and
@@ -42,7 +42,8 @@ pub mod schema;
 pub mod snapshot;
 pub mod store;
 pub mod tail;
-pub mod tree;
+/// Event trees live in `ward-event`, shared with the rules engine.
+pub use ward_event::tree;
 pub mod verify;
 
 pub use cancel::Cancel;

@@ -106,9 +106,10 @@ pub struct StoreConfig {
 /// Called on the blocking pool, once per batch, possibly from several
 /// threads at once; a batch may be seen again if its sender resends it
 /// (replays are recognised only later, by the writer), so what a tap
-/// derives must be idempotent per record id.
+/// derives must be idempotent per record id. The records borrow from the
+/// batch: a tap copies what it keeps.
 pub trait IngestTap: Send + Sync {
-    fn observe(&self, batch: &[ParsedRecord]);
+    fn observe(&self, batch: &[ParsedRecord<'_>]);
 }
 
 impl std::fmt::Debug for dyn IngestTap {
@@ -239,23 +240,45 @@ enum Batch {
     Ndjson(Vec<u8>),
 }
 
-/// Turns a batch's records into documents one at a time, so that each
-/// record's tree is dropped before the next is parsed.
-struct BatchBuilder<'s> {
+/// Turns a batch's records into documents. Without a tap, one at a time,
+/// so that each record's tree is dropped before the next is parsed; with
+/// one, the batch's trees are kept until the tap has seen them all.
+struct BatchBuilder<'s, 'b> {
     schema: &'s WardSchema,
     redactor: &'s Redactor,
-    /// The records as the tap sees them, when there is a tap.
-    parsed: Option<Vec<ParsedRecord>>,
+    tap: Option<&'s dyn IngestTap>,
+    /// The batch's records, kept for the tap.
+    kept: Vec<Prepared<'b>>,
     docs: Vec<Pending>,
     /// Counted once the writer has taken the batch.
     redactions: Tally,
 }
 
-impl BatchBuilder<'_> {
-    fn add(&mut self, record: Prepared<'_>) {
-        if let Some(parsed) = &mut self.parsed {
-            parsed.push(record.parsed());
+impl<'b> BatchBuilder<'_, 'b> {
+    fn add(&mut self, record: Prepared<'b>) {
+        if self.tap.is_some() {
+            self.kept.push(record);
+        } else {
+            self.build(record);
         }
+    }
+
+    /// Shows the kept records to the tap and builds their documents.
+    fn finish(mut self) -> (Vec<Pending>, Tally) {
+        if let Some(tap) = self.tap {
+            let kept = std::mem::take(&mut self.kept);
+            let parsed: Vec<ParsedRecord<'_>> = kept.iter().map(Prepared::parsed).collect();
+            tap.observe(&parsed);
+            drop(parsed);
+            self.docs.reserve(kept.len());
+            for record in kept {
+                self.build(record);
+            }
+        }
+        (self.docs, self.redactions)
+    }
+
+    fn build(&mut self, record: Prepared<'_>) {
         let document::Built {
             doc,
             digest,
@@ -462,25 +485,34 @@ impl Store {
         })
     }
 
+    fn batch_builder(&self) -> BatchBuilder<'_, '_> {
+        BatchBuilder {
+            schema: &self.inner.schema,
+            redactor: &self.inner.redactor,
+            tap: self.inner.tap.as_deref(),
+            kept: Vec::new(),
+            docs: Vec::new(),
+            redactions: Tally::default(),
+        }
+    }
+
     /// Builds the batch's documents, shows its records to the tap, and
     /// hands the documents to the writer; returns how many records it had.
     fn enqueue(&self, batch: Batch, ack: Ack) -> Result<usize, Error> {
-        let mut builder = BatchBuilder {
-            schema: &self.inner.schema,
-            redactor: &self.inner.redactor,
-            parsed: self.inner.tap.as_ref().map(|_| Vec::new()),
-            docs: Vec::new(),
-            redactions: Tally::default(),
-        };
-        match batch {
-            Batch::Records(records) => {
-                builder.docs.reserve(records.len());
-                for mut record in records {
-                    let event = std::mem::take(&mut record.event);
-                    builder.add(Prepared::new(record.with_event(Object::of_map(&event))));
+        let (docs, redactions) = match batch {
+            Batch::Records(mut records) => {
+                let events: Vec<_> = records
+                    .iter_mut()
+                    .map(|r| std::mem::take(&mut r.event))
+                    .collect();
+                let mut builder = self.batch_builder();
+                for (record, event) in records.into_iter().zip(&events) {
+                    builder.add(Prepared::new(record.with_event(Object::of_map(event))));
                 }
+                builder.finish()
             }
             Batch::Ndjson(ndjson) => {
+                let mut builder = self.batch_builder();
                 for record in wire::records::<Object>(&ndjson) {
                     let record = record?;
                     // An event's own `source` wins in the hit, so it is
@@ -496,17 +528,9 @@ impl Store {
                     }
                     builder.add(Prepared::new(record));
                 }
+                builder.finish()
             }
-        }
-        let BatchBuilder {
-            parsed,
-            docs,
-            redactions,
-            ..
-        } = builder;
-        if let (Some(tap), Some(parsed)) = (&self.inner.tap, parsed) {
-            tap.observe(&parsed);
-        }
+        };
         let count = docs.len();
         match self
             .inner

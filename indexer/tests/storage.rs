@@ -681,11 +681,11 @@ async fn a_snapshot_taken_during_ingest_restores_intact() {
 struct Recorder(Mutex<Vec<Map<String, Value>>>);
 
 impl IngestTap for Recorder {
-    fn observe(&self, batch: &[ParsedRecord]) {
+    fn observe(&self, batch: &[ParsedRecord<'_>]) {
         self.0
             .lock()
             .unwrap()
-            .extend(batch.iter().map(|r| r.hit.clone()));
+            .extend(batch.iter().map(|r| r.hit.to_map()));
     }
 }
 
@@ -829,7 +829,7 @@ async fn ndjson_batches_are_decoded_redacted_and_refused_whole() {
             .contains("abcdefghijklmnop123")
     );
     // What the tap saw is the hit as Ward's own records' path builds it.
-    let expected = ParsedRecord::from_record(secret.clone()).hit;
+    let expected = ward_indexer::document::key_and_hit(secret.clone()).1;
     assert_eq!(seen[0], expected);
     // A resend is recognised, redacted or not.
     let receipt = store

@@ -46,6 +46,11 @@ fn main() {
             }
         }
     }
+    // As trees, which is what the indexer hands the engine.
+    let events: Vec<_> = events
+        .iter()
+        .map(|(ev, t)| (ward_event::tree::Object::of_map(ev), *t))
+        .collect();
     let (rules, errors) = RuleSet::builtin();
     assert!(errors.is_empty());
     let mut engine = Engine::new(rules);
@@ -59,7 +64,7 @@ fn main() {
         for _ in 0..100 {
             for (ev, t) in &events {
                 out.clear();
-                engine.process_map(ev, *t, &mut out);
+                engine.process_tree(ev, *t, &mut out);
                 alerts += out.len();
             }
             n += events.len() as u64;

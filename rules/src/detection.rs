@@ -17,6 +17,7 @@ use crate::Error;
 use crate::condition::{self, Cond};
 use crate::field::FieldCache;
 use crate::pattern::{Matcher, Modifiers};
+use ward_event::tree::{Members, Node};
 
 /// One `field|mods: values` item (or a keyword list when `field` is None).
 #[derive(Debug, Clone)]
@@ -90,13 +91,15 @@ impl Detection {
     /// Evaluates without a shared field memo (tests).
     #[cfg(test)]
     pub(crate) fn matches(&self, ev: &Map<String, Value>) -> bool {
+        let ev = ward_event::tree::Object::of_map(ev);
+        let ev = &ev.0;
         self.matches_with(ev, &mut FieldCache::new(&mut []))
     }
 
     /// Evaluates, resolving fields through the event's memo.
     pub(crate) fn matches_with<'a>(
         &self,
-        ev: &'a Map<String, Value>,
+        ev: &'a Members<'a>,
         cache: &mut FieldCache<'a, '_>,
     ) -> bool {
         self.condition.eval(&mut |i| {
@@ -202,11 +205,7 @@ impl Item {
         self.neq || (self.all && self.matchers.len() > 1)
     }
 
-    pub(crate) fn matches<'a>(
-        &self,
-        ev: &'a Map<String, Value>,
-        cache: &mut FieldCache<'a, '_>,
-    ) -> bool {
+    pub(crate) fn matches<'a>(&self, ev: &'a Members<'a>, cache: &mut FieldCache<'a, '_>) -> bool {
         let Some(field) = &self.field else {
             return self.keywords(ev);
         };
@@ -242,7 +241,7 @@ impl Item {
         }
     }
 
-    fn keywords(&self, ev: &Map<String, Value>) -> bool {
+    fn keywords(&self, ev: &Members<'_>) -> bool {
         let hit = |m: &Matcher| any_text(ev, &mut |v| m.leaf(v, ev), &mut |k| m.leaf_text(k));
         if self.all {
             self.matchers.iter().all(hit)
@@ -254,7 +253,7 @@ impl Item {
 
 /// One matcher against one field.
 fn one<'a>(
-    ev: &'a Map<String, Value>,
+    ev: &'a Members<'a>,
     id: u32,
     field: &str,
     m: &Matcher,
@@ -278,21 +277,21 @@ fn one<'a>(
 /// scalar value and every object key (a ConfigMap's data keys are as
 /// telling as its values).
 fn any_text<'a>(
-    m: &'a Map<String, Value>,
-    value: &mut dyn FnMut(&'a Value) -> bool,
+    m: &'a Members<'a>,
+    value: &mut dyn FnMut(&'a Node<'a>) -> bool,
     key: &mut dyn FnMut(&str) -> bool,
 ) -> bool {
     m.iter().any(|(k, v)| key(k) || any_in_value(v, value, key))
 }
 
 fn any_in_value<'a>(
-    v: &'a Value,
-    value: &mut dyn FnMut(&'a Value) -> bool,
+    v: &'a Node<'a>,
+    value: &mut dyn FnMut(&'a Node<'a>) -> bool,
     key: &mut dyn FnMut(&str) -> bool,
 ) -> bool {
     match v {
-        Value::Object(m) => any_text(m, value, key),
-        Value::Array(a) => a.iter().any(|i| any_in_value(i, value, key)),
+        Node::Object(m) => any_text(m, value, key),
+        Node::Array(a) => a.iter().any(|i| any_in_value(i, value, key)),
         v => value(v),
     }
 }

@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 use crate::field::{self, FieldCache, Slot};
 use crate::rule::{CorrKind, Level, RuleInfo};
 use crate::ruleset::{CorrRule, Input, RuleSet};
+use ward_event::tree::{self, Members, Node, Object};
 
 /// One detection.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -205,6 +206,18 @@ impl Engine {
         event_time: DateTime<Utc>,
         out: &mut Vec<Alert>,
     ) {
+        self.process_tree(&Object::of_map(ev), event_time, out);
+    }
+
+    /// Evaluates one event given as a tree (what the indexer parses each
+    /// event into: rules on the ingest stream build no `serde_json` map).
+    pub fn process_tree(
+        &mut self,
+        ev: &Object<'_>,
+        event_time: DateTime<Utc>,
+        out: &mut Vec<Alert>,
+    ) {
+        let ev = &ev.0;
         let Engine {
             rules,
             config,
@@ -283,8 +296,10 @@ impl Engine {
     }
 }
 
-fn audit_id(ev: &Map<String, Value>) -> Option<String> {
-    ev.get("auditID").and_then(Value::as_str).map(str::to_owned)
+fn audit_id(ev: &Members<'_>) -> Option<String> {
+    tree::get(ev, "auditID")
+        .and_then(Node::as_str)
+        .map(str::to_owned)
 }
 
 impl CorrState {
@@ -293,7 +308,7 @@ impl CorrState {
         &mut self,
         corr: &CorrRule,
         template: &Alert,
-        ev: &Map<String, Value>,
+        ev: &Members<'_>,
         time: DateTime<Utc>,
         mask: u64,
         first: usize,

@@ -19,7 +19,7 @@
 //! every map of an audit event) the walk looks up that one key.
 //! [`DottedKeys`] remembers, for one event, which maps those are.
 
-use serde_json::{Map, Value};
+use ward_event::tree::{self, Members, Node};
 
 /// Visits every value `path` resolves to in `root`, stopping as soon as
 /// `visit` returns true. Returns whether `visit` returned true.
@@ -27,10 +27,10 @@ use serde_json::{Map, Value};
 /// `found` is set when at least one value was reached (even `null`), which is
 /// what `exists` and `null` need to tell "absent" from "present".
 pub(crate) fn visit<'a>(
-    root: &'a Map<String, Value>,
+    root: &'a Members<'a>,
     path: &str,
     found: &mut bool,
-    visit: &mut dyn FnMut(&'a Value) -> bool,
+    visit: &mut dyn FnMut(&'a Node<'a>) -> bool,
 ) -> bool {
     walk_map(root, path, found, visit, &mut DottedKeys::default())
 }
@@ -40,7 +40,7 @@ pub(crate) fn visit<'a>(
 /// event it was filled from (another event's map could reuse an address);
 /// [`FieldCache`], which holds one, borrows the event for its whole life.
 struct DottedKeys {
-    seen: [(*const Map<String, Value>, bool); DottedKeys::CAPACITY],
+    seen: [(*const (), bool); DottedKeys::CAPACITY],
     len: usize,
 }
 
@@ -60,12 +60,13 @@ impl DottedKeys {
     /// event's rules touch a dozen or so).
     const CAPACITY: usize = 24;
 
-    fn has_dotted_key(&mut self, map: &Map<String, Value>) -> bool {
-        let scan = || map.keys().any(|k| k.as_bytes().contains(&b'.'));
+    fn has_dotted_key(&mut self, map: &Members<'_>) -> bool {
+        let scan = || map.iter().any(|(k, _)| k.as_bytes().contains(&b'.'));
         if map.len() < Self::SCAN_BELOW {
             return scan();
         }
-        let address = map as *const Map<String, Value>;
+        // Compared, never dereferenced: only the address says which map.
+        let address = (map as *const Members<'_>).cast::<()>();
         if let Some((_, dotted)) = self.seen[..self.len].iter().find(|(a, _)| *a == address) {
             return *dotted;
         }
@@ -79,27 +80,25 @@ impl DottedKeys {
 }
 
 fn walk_map<'a>(
-    map: &'a Map<String, Value>,
+    map: &'a Members<'a>,
     path: &str,
     found: &mut bool,
-    visit: &mut dyn FnMut(&'a Value) -> bool,
+    visit: &mut dyn FnMut(&'a Node<'a>) -> bool,
     dotted: &mut DottedKeys,
 ) -> bool {
     let Some(first_dot) = path.find('.') else {
-        return map.get(path).is_some_and(|v| leaf(v, found, visit));
+        return tree::get(map, path).is_some_and(|v| leaf(v, found, visit));
     };
     if !dotted.has_dotted_key(map) {
-        return map
-            .get(&path[..first_dot])
+        return tree::get(map, &path[..first_dot])
             .is_some_and(|v| walk(v, &path[first_dot + 1..], found, visit, dotted));
     }
     // A literal key wins over any nested reading of the same name.
-    if let Some(v) = map.get(path) {
+    if let Some(v) = tree::get(map, path) {
         return leaf(v, found, visit);
     }
     for (i, _) in path.match_indices('.') {
-        let hit = map
-            .get(&path[..i])
+        let hit = tree::get(map, &path[..i])
             .is_some_and(|v| walk(v, &path[i + 1..], found, visit, dotted));
         if hit {
             return true;
@@ -109,22 +108,26 @@ fn walk_map<'a>(
 }
 
 fn walk<'a>(
-    v: &'a Value,
+    v: &'a Node<'a>,
     path: &str,
     found: &mut bool,
-    visit: &mut dyn FnMut(&'a Value) -> bool,
+    visit: &mut dyn FnMut(&'a Node<'a>) -> bool,
     dotted: &mut DottedKeys,
 ) -> bool {
     match v {
-        Value::Object(m) => walk_map(m, path, found, visit, dotted),
-        Value::Array(items) => items.iter().any(|i| walk(i, path, found, visit, dotted)),
+        Node::Object(m) => walk_map(m, path, found, visit, dotted),
+        Node::Array(items) => items.iter().any(|i| walk(i, path, found, visit, dotted)),
         _ => false,
     }
 }
 
-fn leaf<'a>(v: &'a Value, found: &mut bool, visit: &mut dyn FnMut(&'a Value) -> bool) -> bool {
+fn leaf<'a>(
+    v: &'a Node<'a>,
+    found: &mut bool,
+    visit: &mut dyn FnMut(&'a Node<'a>) -> bool,
+) -> bool {
     match v {
-        Value::Array(items) => items.iter().any(|i| leaf(i, found, visit)),
+        Node::Array(items) => items.iter().any(|i| leaf(i, found, visit)),
         _ => {
             *found = true;
             visit(v)
@@ -141,7 +144,7 @@ fn leaf<'a>(v: &'a Value, found: &mut bool, visit: &mut dyn FnMut(&'a Value) -> 
 /// `values` borrows from the event and lives for one event.
 pub(crate) struct FieldCache<'a, 's> {
     slots: &'s mut [Slot],
-    values: Vec<&'a Value>,
+    values: Vec<&'a Node<'a>>,
     dotted: DottedKeys,
 }
 
@@ -167,11 +170,11 @@ impl<'a, 's> FieldCache<'a, 's> {
     /// [`visit`], through the memo when `id` is an interned field.
     pub(crate) fn visit(
         &mut self,
-        root: &'a Map<String, Value>,
+        root: &'a Members<'a>,
         id: u32,
         path: &str,
         found: &mut bool,
-        f: &mut dyn FnMut(&'a Value) -> bool,
+        f: &mut dyn FnMut(&'a Node<'a>) -> bool,
     ) -> bool {
         let Some(slot) = self.slots.get(id as usize).copied() else {
             return walk_map(root, path, found, f, &mut self.dotted);
@@ -210,19 +213,19 @@ impl<'a, 's> FieldCache<'a, 's> {
 
 /// The first scalar `path` resolves to, as text (for group-by keys and
 /// distinct-value counts, where one value per event is what we want).
-pub(crate) fn first_text(root: &Map<String, Value>, path: &str) -> Option<String> {
+pub(crate) fn first_text(root: &Members<'_>, path: &str) -> Option<String> {
     let mut out = None;
     let mut found = false;
     visit(root, path, &mut found, &mut |v| match v {
-        Value::String(s) => {
-            out = Some(s.clone());
+        Node::String(s) => {
+            out = Some(s.to_string());
             true
         }
-        Value::Number(n) => {
+        Node::Number(n) => {
             out = Some(n.to_string());
             true
         }
-        Value::Bool(b) => {
+        Node::Bool(b) => {
             out = Some(b.to_string());
             true
         }
@@ -234,13 +237,15 @@ pub(crate) fn first_text(root: &Map<String, Value>, path: &str) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+    use ward_event::tree::Object;
 
     fn all(root: &Value, path: &str) -> (bool, Vec<Value>) {
         let mut found = false;
         let mut vals = Vec::new();
-        visit(root.as_object().unwrap(), path, &mut found, &mut |v| {
-            vals.push(v.clone());
+        let tree = Object::of_map(root.as_object().unwrap());
+        visit(&tree.0, path, &mut found, &mut |v| {
+            vals.push(v.to_value());
             false
         });
         (found, vals)
@@ -276,7 +281,8 @@ mod tests {
             },
             "objectRef": {"resource": "pods", "namespace": "default", "name": "web", "apiVersion": "v1"},
         });
-        let root = ev.as_object().unwrap();
+        let tree = Object::of_map(ev.as_object().unwrap());
+        let root = &tree.0;
         let mut slots = vec![Slot::default(); 3];
         let mut cache = FieldCache::new(&mut slots);
         // Twice each: the second time the maps' answers come from the memo.
@@ -293,7 +299,7 @@ mod tests {
                 let mut found = false;
                 let mut got = Vec::new();
                 cache.visit(root, id, path, &mut found, &mut |v| {
-                    got.push(v.clone());
+                    got.push(v.to_value());
                     false
                 });
                 assert!(found, "{path}");
@@ -302,7 +308,7 @@ mod tests {
                 found = false;
                 got.clear();
                 cache.visit(root, u32::MAX, path, &mut found, &mut |v| {
-                    got.push(v.clone());
+                    got.push(v.to_value());
                     false
                 });
                 assert_eq!(got, vec![want], "{path} uninterned");
@@ -340,7 +346,8 @@ mod tests {
     #[test]
     fn first_text_renders_numbers() {
         let ev = json!({"responseStatus": {"code": 403}, "user": {"username": "bob"}});
-        let m = ev.as_object().unwrap();
+        let tree = Object::of_map(ev.as_object().unwrap());
+        let m = &tree.0;
         assert_eq!(first_text(m, "responseStatus.code").as_deref(), Some("403"));
         assert_eq!(first_text(m, "user.username").as_deref(), Some("bob"));
         assert_eq!(first_text(m, "user.uid"), None);

@@ -79,12 +79,20 @@ pub use testrun::run_test_files;
 /// The time of an audit event: `requestReceivedTimestamp`, else
 /// `stageTimestamp`, else the pre-v1 `timestamp` (RFC 3339).
 pub fn event_time(event: &Map<String, Value>) -> Option<DateTime<Utc>> {
-    ["requestReceivedTimestamp", "stageTimestamp", "timestamp"]
-        .iter()
-        .filter_map(|k| event.get(*k)?.as_str())
-        .find_map(|t| {
-            DateTime::parse_from_rfc3339(t)
-                .ok()
-                .map(|t| t.with_timezone(&Utc))
-        })
+    first_time(TIME_KEYS.iter().filter_map(|k| event.get(*k)?.as_str()))
+}
+
+/// [`event_time`] of an event given as a tree.
+pub fn tree_event_time(event: &ward_event::tree::Object<'_>) -> Option<DateTime<Utc>> {
+    first_time(TIME_KEYS.iter().filter_map(|k| event.get(k)?.as_str()))
+}
+
+const TIME_KEYS: [&str; 3] = ["requestReceivedTimestamp", "stageTimestamp", "timestamp"];
+
+fn first_time<'a>(mut texts: impl Iterator<Item = &'a str>) -> Option<DateTime<Utc>> {
+    texts.find_map(|t| {
+        DateTime::parse_from_rfc3339(t)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    })
 }

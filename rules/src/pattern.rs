@@ -15,10 +15,11 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use regex::{Regex, RegexBuilder};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::Error;
 use crate::field;
+use ward_event::tree::{Members, Node};
 
 /// One token of a Sigma wildcard value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,10 +176,10 @@ impl StrMatch {
         }
     }
 
-    fn matches_value(&self, v: &Value) -> bool {
+    fn matches_value(&self, v: &Node<'_>) -> bool {
         match v {
-            Value::String(s) => self.matches_text(s),
-            Value::Number(n) => {
+            Node::String(s) => self.matches_text(s),
+            Node::Number(n) => {
                 if self.num.is_some() && self.num == n.as_f64() {
                     return true;
                 }
@@ -191,8 +192,8 @@ impl StrMatch {
                 }
                 self.matches_text(buf.as_str())
             }
-            Value::Bool(b) => self.matches_text(if *b { "true" } else { "false" }),
-            Value::Null | Value::Array(_) | Value::Object(_) => false,
+            Node::Bool(b) => self.matches_text(if *b { "true" } else { "false" }),
+            Node::Null | Node::Array(_) | Node::Object(_) => false,
         }
     }
 }
@@ -378,15 +379,15 @@ pub(crate) enum Matcher {
 impl Matcher {
     /// Does this matcher accept one leaf value of the field? (`Exists` and
     /// `Null` are decided on the whole field by the caller.)
-    pub(crate) fn leaf(&self, v: &Value, root: &Map<String, Value>) -> bool {
+    pub(crate) fn leaf(&self, v: &Node<'_>, root: &Members<'_>) -> bool {
         match self {
             Matcher::Str(s) => s.matches_value(v),
             Matcher::Re(re) => with_text(v, |t| re.is_match(t)),
             Matcher::Cidr(c) => v.as_str().is_some_and(|t| c.contains(t)),
             Matcher::Cmp(op, want) => {
                 let got = match v {
-                    Value::Number(n) => n.as_f64(),
-                    Value::String(s) => s.trim().parse::<f64>().ok(),
+                    Node::Number(n) => n.as_f64(),
+                    Node::String(s) => s.trim().parse::<f64>().ok(),
                     _ => None,
                 };
                 got.is_some_and(|g| match op {
@@ -443,14 +444,14 @@ impl Matcher {
 }
 
 /// Runs `f` on the text form of a scalar (strings, numbers, booleans).
-pub(crate) fn with_text(v: &Value, f: impl FnOnce(&str) -> bool) -> bool {
+pub(crate) fn with_text(v: &Node<'_>, f: impl FnOnce(&str) -> bool) -> bool {
     match v {
-        Value::String(s) => f(s),
-        Value::Number(n) => {
+        Node::String(s) => f(s),
+        Node::Number(n) => {
             let mut buf = NumBuf::default();
             write!(buf, "{n}").is_ok() && f(buf.as_str())
         }
-        Value::Bool(b) => f(if *b { "true" } else { "false" }),
+        Node::Bool(b) => f(if *b { "true" } else { "false" }),
         _ => false,
     }
 }
@@ -770,8 +771,8 @@ mod tests {
     }
 
     fn hit(ms: &[Matcher], v: Value) -> bool {
-        let root = Map::new();
-        ms.iter().any(|m| m.leaf(&v, &root))
+        let v = Node::of_value(&v);
+        ms.iter().any(|m| m.leaf(&v, &Vec::new()))
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl Index {
     /// Appends the rules worth checking for `ev` to `out` (unsorted).
     pub(crate) fn collect<'a>(
         &self,
-        ev: &'a serde_json::Map<String, Value>,
+        ev: &'a ward_event::tree::Members<'a>,
         out: &mut Vec<u32>,
         cache: &mut crate::field::FieldCache<'a, '_>,
     ) {
@@ -815,12 +815,9 @@ detection:
         assert_eq!(idx.always, vec![2, 3, 4]);
         // An event only gets the rules its verb can match.
         let ev = serde_json::json!({"verb": "DELETE"});
+        let ev = ward_event::tree::Object::of_map(ev.as_object().unwrap());
         let mut out = Vec::new();
-        idx.collect(
-            ev.as_object().unwrap(),
-            &mut out,
-            &mut crate::field::FieldCache::new(&mut []),
-        );
+        idx.collect(&ev.0, &mut out, &mut crate::field::FieldCache::new(&mut []));
         assert_eq!(out, vec![2, 3, 4, 1]);
     }
 

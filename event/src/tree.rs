@@ -11,8 +11,8 @@
 //! (a B-tree, last duplicate wins) keeps them, so that [`Node::write_json`]
 //! writes exactly the bytes `serde_json::to_vec` writes for the same
 //! `Value`. Replay keys hash those bytes, and the keys of records already on
-//! disk must not change (`document::tests` checks the two agree, and the
-//! `event_tree` fuzz target compares them on arbitrary input).
+//! disk must not change (`ward_indexer::document`'s tests check the two
+//! agree, and the `event_tree` fuzz target compares them on arbitrary input).
 //!
 //! One difference is by design: with serde_json's `raw_value` feature (on
 //! in Ward's build), `Value` takes the key `$serde_json::private::RawValue`
@@ -51,6 +51,10 @@ impl<'a> Node<'a> {
             Node::String(s) => Some(s),
             _ => None,
         }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Node::Null)
     }
 
     pub fn as_u64(&self) -> Option<u64> {
@@ -230,9 +234,9 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     // serde_json escapes `"`, `\` and control characters, and nothing else;
     // most strings have none, and are copied whole. The check has no early
     // exit so that it compiles to a vector loop.
-    let plain = s
-        .bytes()
-        .fold(true, |plain, b| plain & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+    let plain = s.bytes().fold(true, |plain, b| {
+        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    });
     if plain {
         out.reserve(s.len() + 2);
         out.push(b'"');
