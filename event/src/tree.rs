@@ -2,10 +2,11 @@
 //!
 //! Ingest used to parse every event into a `serde_json::Value`: an
 //! allocation for each key and string, a B-tree per object, all of it
-//! dropped again once the document was built. That was a third of the
-//! indexer's CPU per event. A [`Node`] borrows its strings from the batch's
-//! bytes (only strings with escapes are copied) and keeps an object's
-//! members in a vector.
+//! dropped again once the document was built. That was a fifth of the
+//! indexer's CPU (BENCHMARKS.md, "Events parsed into borrowed trees"). A
+//! [`Node`] borrows its strings from the batch's bytes (only strings with
+//! escapes are copied) and keeps an object's members in a vector. The
+//! indexer builds documents from trees, and detection rules evaluate them.
 //!
 //! The members are kept sorted and de-duplicated the way `serde_json::Map`
 //! (a B-tree, last duplicate wins) keeps them, so that [`Node::write_json`]
