@@ -15,7 +15,8 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use ward_indexer::tree::{self, Node, Object};
 use ward_indexer::{SearchRequest, Store};
 use ward_rules::{Alert, Engine, RuleSet};
 
@@ -84,11 +85,16 @@ pub fn hunt(index: &Store, rules: RuleSet, request: &HuntRequest) -> Result<Hunt
         let to = (from + request.window).min(request.end);
         let mut events = read_window(index, from, to)?;
         events.reverse();
-        for (time, id, event) in &events {
+        for (time, id, raw) in &events {
+            // `read_window` parsed the text for its time and id; a window
+            // keeps text, and the tree is built when its turn comes.
+            let Ok(event) = serde_json::from_str::<Object>(raw.get()) else {
+                continue;
+            };
             report.events += 1;
-            let time = ward_rules::event_time(event).unwrap_or(*time);
+            let time = ward_rules::tree_event_time(&event).unwrap_or(*time);
             out.clear();
-            engine.process_map(event, time, &mut out);
+            engine.process_tree(&event, time, &mut out);
             for alert in out.drain(..) {
                 if report.alerts.len() >= request.max_alerts {
                     report.truncated = true;
@@ -105,7 +111,9 @@ pub fn hunt(index: &Store, rules: RuleSet, request: &HuntRequest) -> Result<Hunt
     Ok(report)
 }
 
-type Record = (DateTime<Utc>, String, Map<String, Value>);
+/// A stored record's time, id, and text (parsed into a tree when its turn
+/// comes, so that a window holds text, not trees).
+type Record = (DateTime<Utc>, String, Box<RawValue>);
 
 /// Every audit record in `[from, to)`, newest first.
 fn read_window(
@@ -118,6 +126,7 @@ fn read_window(
     // Records already taken at the oldest timestamp of the previous page.
     let mut boundary: Option<DateTime<Utc>> = None;
     let mut taken_at_boundary: HashSet<String> = HashSet::new();
+    let mut skipped = 0u64;
     loop {
         let page = index.search_blocking(&SearchRequest {
             query: "source:audit".into(),
@@ -130,21 +139,8 @@ fn read_window(
         let mut progressed = false;
         let mut oldest = None;
         for raw in page.hits {
-            let Ok(Value::Object(hit)) = serde_json::from_str::<Value>(raw.get()) else {
-                continue;
-            };
-            let id = hit
-                .get("ward")
-                .and_then(|w| w.get("id"))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            let Some(time) = hit
-                .get("timestamp")
-                .and_then(Value::as_str)
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc))
-            else {
+            let Some((time, id)) = time_and_id(&raw) else {
+                skipped += 1;
                 continue;
             };
             if boundary == Some(time) && !taken_at_boundary.insert(id.clone()) {
@@ -152,7 +148,7 @@ fn read_window(
             }
             progressed = true;
             oldest = Some(oldest.map_or(time, |o: DateTime<Utc>| o.min(time)));
-            records.push((time, id, hit));
+            records.push((time, id, raw));
         }
         if n < PAGE {
             break;
@@ -172,10 +168,34 @@ fn read_window(
         }
         upper = oldest + TimeDelta::nanoseconds(1);
     }
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            "hunt skipped stored records without a time or not a JSON object"
+        );
+    }
     // Pages came newest first; the overlap can leave equal times out of
     // order, so sort (stable) to be sure.
     records.sort_by_key(|r| std::cmp::Reverse(r.0));
     Ok(records)
+}
+
+/// A stored record's time and record id (`ward.id`).
+fn time_and_id(raw: &RawValue) -> Option<(DateTime<Utc>, String)> {
+    let hit: Object = serde_json::from_str(raw.get()).ok()?;
+    let id = hit
+        .get("ward")
+        .and_then(Node::as_members)
+        .and_then(|w| tree::get(w, "id"))
+        .and_then(Node::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let time = hit
+        .get("timestamp")
+        .and_then(Node::as_str)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())?
+        .with_timezone(&Utc);
+    Some((time, id))
 }
 
 #[cfg(test)]
