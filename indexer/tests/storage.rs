@@ -689,13 +689,17 @@ impl IngestTap for Recorder {
     }
 }
 
-#[tokio::test]
-async fn secrets_are_redacted_before_storage_but_rules_see_them() {
-    let dir = tempfile::tempdir().unwrap();
+/// A store whose ingest tap records every hit it is shown.
+fn store_with_recorder(dir: &Path) -> (Store, Arc<Recorder>) {
     let tap = Arc::new(Recorder::default());
-    let mut c = config(dir.path());
+    let mut c = config(dir);
     c.tap = Some(tap.clone());
-    let store = Store::open(c).unwrap();
+    (Store::open(c).unwrap(), tap)
+}
+
+/// An audit event that creates a Secret, and a container line with a
+/// bearer token: one record for each kind of redaction.
+fn secret_and_credential() -> (DecodedRecord, DecodedRecord) {
     let mut secret = audit(1, at("2026-11-23T10:00:00Z"));
     secret.event.insert(
         "requestObject".into(),
@@ -707,6 +711,14 @@ async fn secrets_are_redacted_before_storage_but_rules_see_them() {
         at("2026-11-23T10:00:01Z"),
         "login with Authorization: Bearer abcdefghijklmnop123 ok",
     );
+    (secret, line)
+}
+
+#[tokio::test]
+async fn secrets_are_redacted_before_storage_but_rules_see_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, tap) = store_with_recorder(dir.path());
+    let (secret, line) = secret_and_credential();
     store.ingest(vec![secret, line]).await.unwrap();
     let hits = search(&store, "", None, None).await;
     let text = serde_json::to_string(&hits).unwrap();
@@ -753,20 +765,8 @@ async fn secrets_are_redacted_before_storage_but_rules_see_them() {
 #[tokio::test]
 async fn ndjson_batches_are_decoded_redacted_and_refused_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let tap = Arc::new(Recorder::default());
-    let mut c = config(dir.path());
-    c.tap = Some(tap.clone());
-    let store = Store::open(c).unwrap();
-    let mut secret = audit(1, at("2026-11-23T10:00:00Z"));
-    secret.event.insert(
-        "requestObject".into(),
-        json!({"kind": "Secret", "metadata": {"name": "db"}, "data": {"password": "aHVudGVyMg=="}}),
-    );
-    let line = container(
-        2,
-        at("2026-11-23T10:00:01Z"),
-        "login with Authorization: Bearer abcdefghijklmnop123 ok",
-    );
+    let (store, tap) = store_with_recorder(dir.path());
+    let (secret, line) = secret_and_credential();
     let batch = |records: &[DecodedRecord], tail: &[u8]| {
         let mut w = BatchWriter::new();
         for r in records {
