@@ -170,19 +170,28 @@ impl<'a> Prepared<'a> {
                 let mut hit = self.hit.to_map();
                 r.redact_into(&mut hit, tally).then_some(hit)
             });
-        match &redacted {
+        let (doc, digest, tie) = match &redacted {
             // A redacted record is stored as it now is, not as it came.
-            Some(hit) => self.build_from(schema, &Object::of_map(hit), None),
-            None => self.build_from(schema, &self.hit, self.event_json.as_ref()),
+            Some(hit) => self.document(schema, &Object::of_map(hit), None),
+            None => self.document(schema, &self.hit, self.event_json.as_ref()),
+        };
+        Built {
+            doc,
+            digest,
+            tie,
+            time_inferred: self.time_inferred,
+            key: self.key,
+            timestamp_nanos: self.timestamp_nanos,
         }
     }
 
-    fn build_from(
+    /// The document of `hit`, the digest of its stored form, and its tie.
+    fn document(
         &self,
         schema: &WardSchema,
         hit: &Object<'_>,
         event_json: Option<&(Vec<u8>, [bool; 4])>,
-    ) -> Built {
+    ) -> (TantivyDocument, Digest32, u64) {
         // Room for the stored form, the terms and the texts: the document
         // is written once, not grown and copied a few times over.
         let mut doc = TantivyDocument::with_capacity(
@@ -255,14 +264,7 @@ impl<'a> Prepared<'a> {
         }
         let digest = record_digest(&stored);
         doc.add_bytes(schema.source_doc, &stored);
-        Built {
-            doc,
-            digest,
-            tie,
-            time_inferred: self.time_inferred,
-            key: self.key.clone(),
-            timestamp_nanos: self.timestamp_nanos,
-        }
+        (doc, digest, tie)
     }
 }
 

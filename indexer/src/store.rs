@@ -3,10 +3,10 @@
 //! Ingest path: the HTTP layer hands a batch's NDJSON to
 //! [`Store::ingest_ndjson`] (Ward's own records come decoded, to
 //! [`Store::ingest`]). On the blocking pool, each record is parsed once
-//! into a tree borrowing from the batch (see [`crate::tree`]), redacted
-//! when it needs to be, and built into a tantivy document; the
-//! [`IngestTap`] (detection rules) then sees the batch's records as they
-//! came, before the writer gets them. The documents go to the writer thread over a bounded
+//! into a tree borrowing from the batch (see [`crate::tree`]); the
+//! [`IngestTap`] (detection rules), when there is one, sees the batch's
+//! records as they came; then each is redacted when it needs to be and
+//! built into a tantivy document. The documents go to the writer thread over a bounded
 //! channel (a full channel makes senders wait, then answer "busy" rather
 //! than queue without end). The writer adds each document to the partition
 //! of its day (see [`crate::partition`]) and commits every partition it
