@@ -11,12 +11,13 @@
 //!
 //! Alerts are returned, not stored.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use ward_indexer::tree::{self, Node, Object};
+use ward_indexer::tree::Object;
 use ward_indexer::{SearchRequest, Store};
 use ward_rules::{Alert, Engine, RuleSet};
 
@@ -86,8 +87,7 @@ pub fn hunt(index: &Store, rules: RuleSet, request: &HuntRequest) -> Result<Hunt
         let mut events = read_window(index, from, to)?;
         events.reverse();
         for (time, id, raw) in &events {
-            // `read_window` parsed the text for its time and id; a window
-            // keeps text, and the tree is built when its turn comes.
+            // A window keeps text; the tree is built when its turn comes.
             let Ok(event) = serde_json::from_str::<Object>(raw.get()) else {
                 continue;
             };
@@ -180,21 +180,31 @@ fn read_window(
     Ok(records)
 }
 
-/// A stored record's time and record id (`ward.id`).
+/// A stored record's time and record id (`ward.id`), read without building
+/// the record's tree: the tree is built once, when the record's turn comes.
 fn time_and_id(raw: &RawValue) -> Option<(DateTime<Utc>, String)> {
-    let hit: Object = serde_json::from_str(raw.get()).ok()?;
-    let id = hit
-        .get("ward")
-        .and_then(Node::as_members)
-        .and_then(|w| tree::get(w, "id"))
-        .and_then(Node::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let time = hit
-        .get("timestamp")
-        .and_then(Node::as_str)
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())?
+    /// The fields paging needs; serde skips the others.
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow)]
+        timestamp: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        ward: Option<WardHead<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct WardHead<'a> {
+        #[serde(borrow)]
+        id: Option<Cow<'a, str>>,
+    }
+    let head: Head = serde_json::from_str(raw.get()).ok()?;
+    let time = DateTime::parse_from_rfc3339(&head.timestamp?)
+        .ok()?
         .with_timezone(&Utc);
+    let id = head
+        .ward
+        .and_then(|w| w.id)
+        .unwrap_or_default()
+        .into_owned();
     Some((time, id))
 }
 
