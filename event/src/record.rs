@@ -77,7 +77,7 @@ pub enum Flag {
 ///
 /// `E` is the event body: `&RawValue` or a serializable struct when the
 /// collector encodes; when the indexer decodes, a tree borrowing from the
-/// batch (`ward_indexer::tree`) or a `serde_json::Map`, so that the event is
+/// batch ([`crate::tree`]) or a `serde_json::Map`, so that the event is
 /// parsed exactly once on each side.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record<E> {
