@@ -37,7 +37,7 @@ pub use config::{CollectorConfig, SpoolFull};
 pub use error::Error;
 pub use metrics::Metrics;
 pub use ship::Shipper;
-pub use tail::{Batch, Body, Tailer};
+pub use tail::{Batch, Body, Tailer, Waker};
 
 use tokio::sync::mpsc;
 
@@ -101,22 +101,26 @@ pub async fn run(
         }));
         pods
     });
-    let tail_task = if config.container_globs.is_empty() && config.audit_logs.is_empty() {
-        // Webhook only: nothing to tail.
-        drop(batches_tx);
-        None
-    } else {
-        let tailer = Tailer::new(config.clone(), &checkpoints, metrics.clone(), pods)?;
-        let tail_stop = stop.clone();
-        Some(tokio::task::spawn_blocking(move || {
-            tailer.run(batches_tx, &tail_stop)
-        }))
-    };
+    let (tail_task, tail_waker) =
+        if config.container_globs.is_empty() && config.audit_logs.is_empty() {
+            // Webhook only: nothing to tail.
+            drop(batches_tx);
+            (None, None)
+        } else {
+            let tailer = Tailer::new(config.clone(), &checkpoints, metrics.clone(), pods)?;
+            let waker = tailer.waker();
+            let tail_stop = stop.clone();
+            let task = tokio::task::spawn_blocking(move || tailer.run(batches_tx, &tail_stop));
+            (Some(task), Some(waker))
+        };
     let ship_task = tokio::spawn(shipper.run(batches_rx, checkpoints, stop.clone()));
     tracing::info!(indexer = %config.indexer_url, node = %config.node, "collector started");
     shutdown.await;
     tracing::info!("collector stopping: draining batches");
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(waker) = &tail_waker {
+        waker.wake();
+    }
     let _ = servers_stop_tx.send(true);
     for server in servers {
         match server.await {

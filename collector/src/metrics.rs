@@ -36,6 +36,13 @@ pub struct Metrics {
     pub bytes_abandoned: AtomicU64,
     /// Files truncated or rewritten in place, read again from the start.
     pub files_reset: AtomicU64,
+    /// Times the tailing loop woke from sleep, on an event or a deadline.
+    pub wakeups_event: AtomicU64,
+    pub wakeups_timer: AtomicU64,
+    /// Discoveries (glob expansions), by cause.
+    pub scans_start: AtomicU64,
+    pub scans_event: AtomicU64,
+    pub scans_rescan: AtomicU64,
     /// Size of every tracked file, by fingerprint (from the tailer).
     sizes: Mutex<HashMap<String, u64>>,
     /// Acknowledged (or spooled) offset of every file, by fingerprint.
@@ -170,6 +177,25 @@ impl Metrics {
             "counter",
             "Files found truncated or rewritten and read again from the start.",
             &[("", get(&self.files_reset))],
+        );
+        metric(
+            "ward_collector_wakeups_total",
+            "counter",
+            "Times the tailing loop woke from sleep, by cause (a file event or a deadline).",
+            &[
+                ("{cause=\"event\"}", get(&self.wakeups_event)),
+                ("{cause=\"timer\"}", get(&self.wakeups_timer)),
+            ],
+        );
+        metric(
+            "ward_collector_discovery_scans_total",
+            "counter",
+            "Glob expansions looking for new, rotated or deleted files, by cause.",
+            &[
+                ("{cause=\"start\"}", get(&self.scans_start)),
+                ("{cause=\"event\"}", get(&self.scans_event)),
+                ("{cause=\"rescan\"}", get(&self.scans_rescan)),
+            ],
         );
         out
     }

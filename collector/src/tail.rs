@@ -58,7 +58,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use notify::Watcher;
 use tokio::sync::mpsc;
 use ward_event::Stream;
 use ward_event::audit::{self, Parsed};
@@ -73,6 +72,10 @@ use crate::kube::{PodMeta, SharedPods};
 use crate::metrics::Metrics;
 use crate::{CollectorConfig, Error};
 
+mod wake;
+
+pub use wake::Waker;
+
 /// Bytes read from one file per turn, so that one busy file cannot starve
 /// the others (less when batches are smaller, so that they stay near their
 /// bound: a batch is sealed between turns). Every file is read into the
@@ -86,8 +89,13 @@ const KEEP_LINE_BUF: usize = 64 * 1024;
 /// uncompressed form is never held whole, and zstd's window (and memory)
 /// is bounded by the frame, however large the batch.
 const FRAME_BYTES: usize = 1024 * 1024;
-/// How long the loop sleeps when no file had new data and no event came.
-const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How often every file is read when a directory could not be watched.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+/// A discovery asked for by an event runs this long after the event: a
+/// burst (a pod's folders and log files, created one after another) is
+/// found by one glob expansion, and by then the watcher watches the new
+/// folders (it adds their watches only after reporting their creation).
+const DISCOVER_SETTLE: Duration = Duration::from_millis(100);
 /// Bytes of a file's start that go into its fingerprint.
 const HEAD_BYTES: usize = 256;
 /// Bytes before a position that are hashed to recognise the same content.
@@ -136,6 +144,12 @@ enum ContainerFormat {
 
 struct TailedFile {
     path: PathBuf,
+    /// `path` with symlinks resolved when the file was opened: the path
+    /// its data events name.
+    real_path: PathBuf,
+    /// May have bytes not read yet: a data event named it, or the last
+    /// read stopped before its end.
+    dirty: bool,
     kind: Kind,
     file: File,
     dev_ino: (u64, u64),
@@ -181,6 +195,7 @@ type GzReader = flate2::read::MultiGzDecoder<std::io::BufReader<File>>;
 impl TailedFile {
     fn new(
         path: PathBuf,
+        real_path: PathBuf,
         kind: Kind,
         file: File,
         dev_ino: (u64, u64),
@@ -190,6 +205,8 @@ impl TailedFile {
         let pod = (kind == Kind::Container).then(|| pod_ref(&path)).flatten();
         TailedFile {
             path,
+            real_path,
+            dirty: true,
             kind,
             file,
             dev_ino,
@@ -224,6 +241,11 @@ pub struct Tailer {
     metrics: Arc<Metrics>,
     scanned_siblings: bool,
     sizes_sampled: Option<Instant>,
+    /// Something was read or discovered since sizes were last sampled.
+    sizes_stale: bool,
+    wakes: wake::Wakes,
+    /// The watched roots, canonicalized.
+    roots: Vec<PathBuf>,
     /// Every file is read into this one buffer.
     read_buf: Vec<u8>,
     /// Identities of files read in this run (offset 0), saved before a
@@ -311,6 +333,11 @@ impl Tailer {
         // that kept its inode is recognised by its fingerprint, and a
         // copy (copytruncate's) by the checkpoint of what it was copied from.
         let identities_at_start = identities.values().cloned().collect();
+        let roots: Vec<PathBuf> = watch_roots(&config)
+            .into_iter()
+            .map(|r| std::fs::canonicalize(&r).unwrap_or(r))
+            .collect();
+        let wakes = wake::Wakes::new(&roots)?;
         Ok(Tailer {
             resume: checkpoints
                 .all()
@@ -341,74 +368,125 @@ impl Tailer {
             metrics,
             scanned_siblings: false,
             sizes_sampled: None,
+            sizes_stale: true,
+            wakes,
+            roots,
             read_buf: Vec::new(),
         })
     }
 
+    /// Wakes [`Tailer::run`] from another thread, so that it sees `stop`
+    /// at once rather than at its next deadline.
+    pub fn waker(&self) -> Waker {
+        self.wakes.waker()
+    }
+
     /// Tails until `stop` is set, then seals and sends the last batch.
+    ///
+    /// The loop reads the files that events named (or every file, when
+    /// events were lost or a directory could not be watched), discovers
+    /// files when events ask for it and on the rescan interval, and sleeps
+    /// until the next event or deadline: it costs nothing while nothing is
+    /// written (see `wake`).
     pub fn run(mut self, tx: mpsc::Sender<Batch>, stop: &AtomicBool) -> Result<(), Error> {
-        let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
-        let mut watcher = notify::recommended_watcher(move |_event| {
-            let _ = wake_tx.try_send(());
-        })
-        .map_err(|e| Error::Config(format!("file watcher: {e}")))?;
-        for dir in self.watch_roots() {
-            if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::Recursive) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; relying on rescans");
-            }
-        }
         let mut last_scan: Option<Instant> = None;
-        let mut woken = true;
+        // When the first event asking for a discovery since the last one came.
+        let mut scan_wanted: Option<Instant> = None;
+        let mut timed_out = false;
         while !stop.load(Ordering::SeqCst) {
-            if woken || last_scan.is_none_or(|t| t.elapsed() >= self.config.rescan_interval) {
-                self.discover();
-                last_scan = Some(Instant::now());
+            let wake = self.wakes.take();
+            let now = Instant::now();
+            if wake.files {
+                scan_wanted.get_or_insert(now);
             }
-            let read_any = self.read_all(&tx);
+            let cause = match last_scan {
+                None => Some(Scan::Start),
+                Some(t) if now >= t + self.config.rescan_interval => Some(Scan::Rescan),
+                _ if scan_wanted.is_some_and(|t| now >= t + DISCOVER_SETTLE) => Some(Scan::Event),
+                _ => None,
+            };
+            if let Some(cause) = cause {
+                self.discover(cause);
+                last_scan = Some(Instant::now());
+                scan_wanted = None;
+            }
+            let poll = timed_out && self.wakes.polling;
+            if wake.all || poll {
+                self.files.iter_mut().for_each(|f| f.dirty = true);
+            } else if !wake.paths.is_empty() {
+                for file in &mut self.files {
+                    file.dirty |=
+                        wake.paths.contains(&file.real_path) || wake.paths.contains(&file.path);
+                }
+            }
+            self.read_all(&tx);
             self.flush_stale_partials();
             self.sample_sizes();
             if self.batch_due() && !self.seal(&tx) {
                 return self.out.failure();
             }
             self.out.failure()?;
-            woken = false;
-            if !read_any {
-                woken = wake_rx.recv_timeout(IDLE_WAIT).is_ok();
+            if self.files.iter().any(|f| f.dirty) {
+                // More to read: no sleep.
+                timed_out = false;
+                continue;
             }
+            let last_scan = last_scan.unwrap_or(now);
+            let deadline = self.next_deadline(last_scan, scan_wanted);
+            let woken = self
+                .wakes
+                .wait(deadline.saturating_duration_since(Instant::now()));
+            timed_out = !woken;
+            let counter = match woken {
+                true => &self.metrics.wakeups_event,
+                false => &self.metrics.wakeups_timer,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
         self.seal(&tx);
         self.out.failure()
     }
 
-    /// The directories to watch: the literal prefix of each glob.
-    fn watch_roots(&self) -> Vec<PathBuf> {
-        let mut roots: Vec<PathBuf> = Vec::new();
-        for pattern in self
-            .config
-            .container_globs
-            .iter()
-            .chain(&self.config.audit_logs)
-        {
-            let mut root = PathBuf::new();
-            for part in Path::new(pattern).components() {
-                let s = part.as_os_str().to_string_lossy();
-                if s.contains(['*', '?', '[']) {
-                    break;
-                }
-                root.push(part);
+    /// When the loop must look again without an event: the rescan, a
+    /// discovery an event asked for, the open batch's age, a partial line's
+    /// timeout, a rotated file's linger, the size gauge, or the next poll.
+    fn next_deadline(&self, last_scan: Instant, scan_wanted: Option<Instant>) -> Instant {
+        let now = Instant::now();
+        let mut next = last_scan + self.config.rescan_interval;
+        if let Some(asked) = scan_wanted {
+            next = next.min(asked + DISCOVER_SETTLE);
+        }
+        if let Some(started) = self.out.batch_started {
+            next = next.min(started + self.config.batch_max_age);
+        }
+        for file in &self.files {
+            if file.merger.oldest_open_offset().is_some() {
+                next = next.min(file.last_data + self.config.partial_timeout);
             }
-            while !root.as_os_str().is_empty() && !root.is_dir() {
-                root = root.parent().map(Path::to_path_buf).unwrap_or_default();
-            }
-            if !root.as_os_str().is_empty() && !roots.iter().any(|r| root.starts_with(r)) {
-                roots.retain(|r| !r.starts_with(&root));
-                roots.push(root);
+            if file.orphaned {
+                // Its writes are events of another path: read it each turn.
+                next = next.min(now + ORPHAN_CHECK_EVERY);
             }
         }
-        roots
+        if self.sizes_stale
+            && let Some(sampled) = self.sizes_sampled
+        {
+            next = next.min(sampled + SIZES_EVERY);
+        }
+        if self.wakes.polling {
+            next = next.min(now + POLL_EVERY);
+        }
+        next
     }
 
-    fn discover(&mut self) {
+    fn discover(&mut self, cause: Scan) {
+        let counter = match cause {
+            Scan::Start => &self.metrics.scans_start,
+            Scan::Event => &self.metrics.scans_event,
+            Scan::Rescan => &self.metrics.scans_rescan,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.sizes_stale = true;
         let mut seen: Vec<(PathBuf, Kind)> = Vec::new();
         let patterns = self
             .config
@@ -467,10 +545,12 @@ impl Tailer {
             // tailed once.
             if let Some(existing) = self.files.iter_mut().find(|f| f.dev_ino == dev_ino) {
                 if existing.orphaned && !rotated_candidate {
+                    existing.real_path = std::fs::canonicalize(&path).unwrap_or(path.clone());
                     existing.path = path;
                     existing.parts = None;
                     existing.orphaned = false;
                     existing.orphaned_since = None;
+                    existing.dirty = true;
                 }
                 continue;
             }
@@ -478,8 +558,10 @@ impl Tailer {
             match File::open(&path) {
                 Ok(file) => {
                     tracing::debug!(path = %path.display(), rotated_candidate, "tailing file");
+                    let real_path = std::fs::canonicalize(&path).unwrap_or(path.clone());
                     let mut tailed = TailedFile::new(
                         path,
+                        real_path,
                         kind,
                         file,
                         dev_ino,
@@ -503,6 +585,16 @@ impl Tailer {
         self.metrics
             .files_tracked
             .store(self.files.len() as u64, Ordering::Relaxed);
+        // Targets outside the watched roots (symlinked files) are watched
+        // through their directories, so that their writes and rotations
+        // are events too.
+        let extra = self
+            .files
+            .iter()
+            .filter(|f| !f.orphaned && !wake::under_any(&f.real_path, &self.roots))
+            .filter_map(|f| f.real_path.parent().map(Path::to_path_buf))
+            .collect();
+        self.wakes.watch_extra(extra);
     }
 
     /// Paths the previous run read files at (from the checkpoints and the
@@ -544,12 +636,14 @@ impl Tailer {
 
     /// Samples the size of every tracked file for the checkpoint-lag gauge.
     fn sample_sizes(&mut self) {
-        if self
-            .sizes_sampled
-            .is_some_and(|t| t.elapsed() < SIZES_EVERY)
+        if !self.sizes_stale
+            || self
+                .sizes_sampled
+                .is_some_and(|t| t.elapsed() < SIZES_EVERY)
         {
             return;
         }
+        self.sizes_stale = false;
         self.sizes_sampled = Some(Instant::now());
         let sizes = self
             .files
@@ -567,20 +661,28 @@ impl Tailer {
         self.metrics.set_sizes(sizes);
     }
 
-    /// Reads what every file has appended. Returns whether anything was read.
-    fn read_all(&mut self, tx: &mpsc::Sender<Batch>) -> bool {
-        let mut any = false;
+    /// Reads what the files that may have new bytes appended (those an
+    /// event named, those not read to their end, and rotated or deleted
+    /// ones), and lets go of finished ones.
+    fn read_all(&mut self, tx: &mpsc::Sender<Batch>) {
         let mut i = 0;
         while i < self.files.len() {
-            let (read, at_eof) = self.read_file(i);
-            any |= read;
+            if !self.files[i].dirty && !self.files[i].orphaned {
+                i += 1;
+                continue;
+            }
+            let at_eof = match self.read_file(i) {
+                ReadOutcome::Bytes { at_eof } => at_eof,
+                ReadOutcome::Nothing => true,
+            };
+            self.files[i].dirty = !at_eof;
             // Seal as soon as the batch is full, not after a turn over every
             // file: with hundreds of backlogged files a turn reads hundreds
             // of MiB, which would all sit in one batch in memory.
             if self.batch_due() {
                 let tracked = self.files.len();
                 if !self.seal(tx) {
-                    return any;
+                    return;
                 }
                 // Waiting to send may have given up on overdue files.
                 if self.files.len() != tracked {
@@ -612,10 +714,9 @@ impl Tailer {
         self.metrics
             .files_tracked
             .store(self.files.len() as u64, Ordering::Relaxed);
-        any
     }
 
-    fn read_file(&mut self, index: usize) -> (bool, bool) {
+    fn read_file(&mut self, index: usize) -> ReadOutcome {
         let file = &mut self.files[index];
         if file.fingerprint.is_none() {
             // A newly identified file counts in the lag gauge before any
@@ -626,10 +727,13 @@ impl Tailer {
                 Identified::Reset => {
                     self.metrics.files_reset.fetch_add(1, Ordering::Relaxed);
                 }
-                Identified::NotYet => return (false, true),
-                Identified::Unknown => return (false, true),
+                Identified::NotYet | Identified::Unknown => return ReadOutcome::Nothing,
             }
             note_identity(&mut self.identities, &mut self.identities_unsaved, file);
+        } else if file.gz.is_none() {
+            // Rewritten in place since the last read (copytruncate and
+            // quick writes): read again from the start.
+            check_rewritten(file);
         }
         // Shorter than what was read: truncated (copytruncate) or replaced in place.
         if file.gz.is_none()
@@ -641,7 +745,7 @@ impl Tailer {
             tracing::info!(path = %file.path.display(), offset = file.read_offset, "file truncated; reading it again from the start");
             self.out.start_over(file);
             self.metrics.files_reset.fetch_add(1, Ordering::Relaxed);
-            return (true, false);
+            return ReadOutcome::Bytes { at_eof: false };
         }
         let chunk_len = READ_CHUNK.min(self.config.batch_max_bytes.max(4096));
         if self.read_buf.len() < chunk_len {
@@ -660,12 +764,13 @@ impl Tailer {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(path = %file.path.display(), error = %e, "read failed");
-                return (false, true);
+                return ReadOutcome::Nothing;
             }
         };
         if n == 0 {
-            return (false, true);
+            return ReadOutcome::Nothing;
         }
+        self.sizes_stale = true;
         let chunk = &self.read_buf[..n];
         file.read_offset += n as u64;
         remember_tail(&mut file.tail, chunk);
@@ -680,7 +785,9 @@ impl Tailer {
             Ordering::Relaxed,
         );
         self.out.consume(file, chunk);
-        (true, n < chunk_len)
+        ReadOutcome::Bytes {
+            at_eof: n < chunk_len,
+        }
     }
 
     /// Lets go of a rotated or deleted file before its end, counting the
@@ -1289,6 +1396,49 @@ impl Output {
         self.merged = merged;
         self.note_position(file);
     }
+}
+
+/// Why a discovery ran (`ward_collector_discovery_scans_total{cause}`).
+#[derive(Debug, Clone, Copy)]
+enum Scan {
+    Start,
+    /// An event said files appeared, went or were renamed.
+    Event,
+    /// The rescan interval passed: a safety net for missed events.
+    Rescan,
+}
+
+/// What one read of a file found.
+#[derive(Debug, Clone, Copy)]
+enum ReadOutcome {
+    /// Nothing new (or not readable yet).
+    Nothing,
+    /// New bytes; `at_eof` when the read stopped short of a full chunk.
+    Bytes { at_eof: bool },
+}
+
+/// The directories to watch: the literal prefix of each glob (the nearest
+/// existing directory).
+fn watch_roots(config: &CollectorConfig) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for pattern in config.container_globs.iter().chain(&config.audit_logs) {
+        let mut root = PathBuf::new();
+        for part in Path::new(pattern).components() {
+            let s = part.as_os_str().to_string_lossy();
+            if s.contains(['*', '?', '[']) {
+                break;
+            }
+            root.push(part);
+        }
+        while !root.as_os_str().is_empty() && !root.is_dir() {
+            root = root.parent().map(Path::to_path_buf).unwrap_or_default();
+        }
+        if !root.as_os_str().is_empty() && !roots.iter().any(|r| root.starts_with(r)) {
+            roots.retain(|r| !r.starts_with(&root));
+            roots.push(root);
+        }
+    }
+    roots
 }
 
 enum Identified {

@@ -20,6 +20,12 @@ pub fn ward_bin() -> &'static Path {
             return PathBuf::from(path);
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // A release bench (`--example idle_bench`) measures a release binary.
+        let profile = if cfg!(debug_assertions) {
+            "dev"
+        } else {
+            "release"
+        };
         let out = Command::new(cargo)
             .args([
                 "build",
@@ -27,6 +33,8 @@ pub fn ward_bin() -> &'static Path {
                 "ward",
                 "--bin",
                 "ward",
+                "--profile",
+                profile,
                 "--message-format=json-render-diagnostics",
             ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -81,7 +89,10 @@ impl Process {
             .expect("open log");
         let child = Command::new(ward_bin())
             .args(args)
-            .env("WARD_LOG", "info,ward_collector=debug")
+            .env(
+                "WARD_LOG",
+                std::env::var("E2E_WARD_LOG").unwrap_or("info,ward_collector=debug".into()),
+            )
             .stdout(file.try_clone().expect("clone"))
             .stderr(file)
             .spawn()
@@ -91,6 +102,11 @@ impl Process {
             child: Some(child),
             log,
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGTERM, then wait for a clean exit.

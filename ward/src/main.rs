@@ -295,6 +295,10 @@ struct CollectorArgs {
     /// Give up on a rotated or deleted file not read to its end after this many seconds.
     #[arg(long, default_value_t = 300)]
     orphan_max_age_secs: u64,
+    /// Look for new, rotated and deleted files this often even without file
+    /// events (which find them at once); a safety net for missed events.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    rescan_interval: Duration,
 }
 
 impl CollectorArgs {
@@ -327,6 +331,7 @@ impl CollectorArgs {
         config.spool_max_bytes = self.spool_max_bytes;
         config.spool_full = self.spool_full;
         config.orphan_max_age = Duration::from_secs(self.orphan_max_age_secs);
+        config.rescan_interval = self.rescan_interval;
         Ok(config)
     }
 }
