@@ -99,3 +99,31 @@ fn a_rule_added_while_running_fires_and_a_broken_one_is_skipped() {
         "the broken rule file is reported:\n{log}"
     );
 }
+
+#[test]
+fn a_reload_is_not_woken_again_by_its_own_reads() {
+    // Loading rule files opens and reads them, which are file events too:
+    // one change must be one reload, not a reload every 300 ms for ever
+    // (issue 22).
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("a.yml"), RULE_A).unwrap();
+    let port = free_port();
+    let args = ["--rules".into(), rules.display().to_string()];
+    let mut indexer = start_indexer("indexer", dir.path(), port, &args);
+    let client = Client::new(format!("http://127.0.0.1:{port}"));
+    client.wait_healthy(Duration::from_secs(60));
+
+    std::fs::write(rules.join("b.yml"), RULE_B).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !indexer.output().contains("rules reloaded") {
+        assert!(Instant::now() < deadline, "no reload after a change");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Ten debounce periods with nothing changed.
+    std::thread::sleep(Duration::from_secs(3));
+    indexer.stop();
+    let reloads = indexer.output().matches("rules reloaded").count();
+    assert!(reloads <= 2, "{reloads} reloads after one change");
+}

@@ -110,6 +110,9 @@ pub async fn watch_rules(
     let watched = paths.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
+            // Opening and reading the rule files is an event too: a reload
+            // must not ask for the next one (issue 22).
+            Ok(e) if !is_change(&e.kind) => false,
             Ok(e) => e
                 .paths
                 .iter()
@@ -158,6 +161,17 @@ pub async fn watch_rules(
             }
             Err(e) => tracing::error!(error = %e, "rule reload failed"),
         }
+    }
+}
+
+/// Whether a file event can mean a rule file changed: not an open, a read
+/// or a close after reading (the loader's own doing).
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
