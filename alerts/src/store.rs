@@ -29,27 +29,36 @@
 //! its bytes mid-commit are no consistent copy; backups therefore go
 //! through [`AlertStore::export`], an NDJSON dump written from one read
 //! transaction, and [`AlertStore::import`] (see `dump`).
+//!
+//! One concept per module: `model` (alerts as served, raised and stored),
+//! `versions` (rule metadata stored once per version), `queue` (the
+//! delivery queue and its counters), `legacy` (what earlier releases
+//! wrote), `dump` (export and import). This file opens the store and
+//! stores, reads, lists and changes alerts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
-use serde::{Deserialize, Serialize};
-use ward_rules::Level;
+use chrono::Utc;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::error::{Error, db};
 
 mod dump;
+mod legacy;
+mod model;
+mod queue;
+mod versions;
 
 pub use dump::DumpCounts;
+use legacy::Stored;
+pub use model::{AlertFilter, NewAlert, RuleAlertCounts, Status, StatusChange, StoredAlert};
+pub use queue::{Delivery, SinkCounts};
+use versions::{RuleVersion, VersionCache};
 
 const ALERTS: TableDefinition<u64, &[u8]> = TableDefinition::new("alerts");
 const DEDUP: TableDefinition<&[u8], u64> = TableDefinition::new("dedup_keys");
-/// The de-duplication table of earlier releases: `&str` keys, which redb
-/// checks as UTF-8 on every comparison. Moved into [`DEDUP`] at open.
-const DEDUP_TEXT: TableDefinition<&str, u64> = TableDefinition::new("dedup");
 const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const RULE_VERSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("rule_versions");
@@ -58,392 +67,12 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// Largest page of a listing.
 pub const MAX_LIMIT: usize = 10_000;
 
-/// Where an analyst is with an alert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Open,
-    Acknowledged,
-    Closed,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Open => "open",
-            Status::Acknowledged => "acknowledged",
-            Status::Closed => "closed",
-        }
-    }
-}
-
-impl std::str::FromStr for Status {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Status, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "open" => Ok(Status::Open),
-            "acknowledged" | "ack" => Ok(Status::Acknowledged),
-            "closed" => Ok(Status::Closed),
-            _ => Err(format!(
-                "unknown status {s:?}: expected open, acknowledged or closed"
-            )),
-        }
-    }
-}
-
-/// One entry of an alert's status history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatusChange {
-    pub status: Status,
-    /// Who changed it: the token's name, the name the request gave, or
-    /// `ward` for the initial `open`.
-    pub by: String,
-    pub at: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
-}
-
-/// An alert as stored and served by the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredAlert {
-    pub id: u64,
-    pub rule_id: String,
-    pub title: String,
-    pub level: Level,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub author: Option<String>,
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Raised by a correlation rule.
-    #[serde(default)]
-    pub correlation: bool,
-    /// Event time of the event that raised it.
-    pub timestamp: DateTime<Utc>,
-    /// When Ward stored it.
-    pub created: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Ward record ids (`ward.id`) of the triggering event(s), searchable in
-    /// the index.
-    pub event_ids: Vec<String>,
-    /// `auditID`s of the triggering event, or for a correlation of every
-    /// event in its window.
-    pub audit_ids: Vec<String>,
-    /// For correlations: the group-by values.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<BTreeMap<String, Option<String>>>,
-    pub status: Status,
-    /// Every status the alert had, oldest first (the first is `open`).
-    pub history: Vec<StatusChange>,
-}
-
-/// An alert the rules raised, with what the event adds to it.
-#[derive(Debug, Clone)]
-pub struct NewAlert {
-    pub alert: ward_rules::Alert,
-    /// The event that raised it: record id and `auditID`. The pair
-    /// (rule, `auditID`, else record id) is the de-duplication key.
-    pub event_id: String,
-    pub audit_id: Option<String>,
-    pub cluster: Option<String>,
-    pub namespace: Option<String>,
-    pub user: Option<String>,
-}
-
-impl NewAlert {
-    fn dedup_key(&self, key: &mut Vec<u8>) {
-        let event = self.audit_id.as_deref().unwrap_or(&self.event_id);
-        key.clear();
-        key.extend_from_slice(self.alert.rule_id.as_bytes());
-        key.push(b'\n');
-        key.extend_from_slice(event.as_bytes());
-    }
-
-    /// The alert's own part, referring to its rule version by `rule`.
-    fn into_row(self, rule: u64, now: DateTime<Utc>) -> AlertRow {
-        let a = self.alert;
-        AlertRow {
-            rule,
-            correlation: a.correlation,
-            timestamp: a.timestamp,
-            created: now,
-            cluster: self.cluster,
-            namespace: self.namespace,
-            user: self.user,
-            event_ids: vec![self.event_id],
-            audit_ids: a.audit_ids,
-            group: a.group,
-            status: Status::Open,
-            changes: Vec::new(),
-        }
-    }
-}
-
-/// The metadata of one version of a rule, stored once and shared by the
-/// alerts it raised.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct RuleVersion {
-    rule_id: String,
-    title: String,
-    level: Level,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    author: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    tags: Vec<String>,
-}
-
-impl RuleVersion {
-    fn of(a: &ward_rules::Alert) -> RuleVersion {
-        RuleVersion {
-            rule_id: a.rule_id.to_string(),
-            title: a.title.to_string(),
-            level: a.level,
-            description: a.description.as_deref().map(str::to_owned),
-            author: a.author.as_deref().map(str::to_owned),
-            tags: a.tags.to_vec(),
-        }
-    }
-
-    /// A stable 64-bit fingerprint of the metadata, the version's
-    /// key. It is persisted, so it must not depend on the Rust release
-    /// (as `std`'s hasher may).
-    fn fingerprint(a: &ward_rules::Alert) -> u64 {
-        fingerprint_of(
-            &a.rule_id,
-            &a.title,
-            a.level,
-            a.description.as_deref(),
-            a.author.as_deref(),
-            &a.tags,
-        )
-    }
-
-    /// The fingerprint of this version: the same as [`Self::fingerprint`]
-    /// of any alert it was made from (an import rebuilds the key from the
-    /// metadata a dump holds).
-    fn key(&self) -> u64 {
-        fingerprint_of(
-            &self.rule_id,
-            &self.title,
-            self.level,
-            self.description.as_deref(),
-            self.author.as_deref(),
-            &self.tags,
-        )
-    }
-}
-
-fn fingerprint_of(
-    rule_id: &str,
-    title: &str,
-    level: Level,
-    description: Option<&str>,
-    author: Option<&str>,
-    tags: &[String],
-) -> u64 {
-    let mut h = Fingerprint::default();
-    h.field(rule_id.as_bytes());
-    h.field(title.as_bytes());
-    h.field(level.as_str().as_bytes());
-    h.field(description.unwrap_or("\u{0}none").as_bytes());
-    h.field(author.unwrap_or("\u{0}none").as_bytes());
-    for tag in tags {
-        h.field(tag.as_bytes());
-    }
-    h.finish()
-}
-
-/// A word-at-a-time multiplicative hash: fast enough to run per alert,
-/// and defined here so that it never changes under a stored fingerprint.
-struct Fingerprint(u64);
-
-impl Default for Fingerprint {
-    fn default() -> Self {
-        Fingerprint(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fingerprint {
-    const K: u64 = 0x9e37_79b9_7f4a_7c15;
-
-    fn mix(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(23) ^ word).wrapping_mul(Self::K);
-    }
-
-    /// Hashes `bytes` and their length, so that ("ab", "c") and ("a", "bc")
-    /// differ.
-    fn field(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.mix(u64::from_le_bytes(word));
-        }
-        let mut tail = [0u8; 8];
-        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-        self.mix(u64::from_le_bytes(tail));
-        self.mix(bytes.len() as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        // A final avalanche so that close inputs spread over all bits.
-        let mut h = self.0;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h
-    }
-}
-
-/// One alert as stored under its id: what is particular to it, and the
-/// fingerprint of its rule version.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct AlertRow {
-    rule: u64,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    correlation: bool,
-    timestamp: DateTime<Utc>,
-    created: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    cluster: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    user: Option<String>,
-    event_ids: Vec<String>,
-    audit_ids: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    group: Option<BTreeMap<String, Option<String>>>,
-    status: Status,
-    /// Status changes after the initial `open` (by `ward`, at `created`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    changes: Vec<StatusChange>,
-}
-
-impl AlertRow {
-    fn into_stored(self, id: u64, rule: &RuleVersion) -> StoredAlert {
-        let mut history = Vec::with_capacity(1 + self.changes.len());
-        history.push(StatusChange {
-            status: Status::Open,
-            by: "ward".into(),
-            at: self.created,
-            comment: None,
-        });
-        history.extend(self.changes);
-        StoredAlert {
-            id,
-            rule_id: rule.rule_id.clone(),
-            title: rule.title.clone(),
-            level: rule.level,
-            description: rule.description.clone(),
-            author: rule.author.clone(),
-            tags: rule.tags.clone(),
-            correlation: self.correlation,
-            timestamp: self.timestamp,
-            created: self.created,
-            cluster: self.cluster,
-            namespace: self.namespace,
-            user: self.user,
-            event_ids: self.event_ids,
-            audit_ids: self.audit_ids,
-            group: self.group,
-            status: self.status,
-            history,
-        }
-    }
-}
-
-/// A stored value of the `alerts` table: a row, or an alert written whole
-/// by an earlier release.
-enum Stored {
-    Row(AlertRow),
-    Whole(StoredAlert),
-}
-
-impl Stored {
-    fn decode(bytes: &[u8]) -> Result<Stored, Error> {
-        match serde_json::from_slice::<AlertRow>(bytes) {
-            Ok(row) => Ok(Stored::Row(row)),
-            Err(row_error) => serde_json::from_slice::<StoredAlert>(bytes)
-                .map(Stored::Whole)
-                .map_err(|_| Error::Encoding(row_error)),
-        }
-    }
-}
-
-/// How many alerts a rule raised ([`AlertStore::rule_counts`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct RuleAlertCounts {
-    pub alerts: u64,
-    pub open: u64,
-}
-
-/// What to list.
-#[derive(Debug, Clone, Default)]
-pub struct AlertFilter {
-    /// Exactly this level.
-    pub level: Option<Level>,
-    /// This level or above.
-    pub min_level: Option<Level>,
-    pub rule: Option<String>,
-    pub status: Option<Status>,
-    /// Event time, inclusive.
-    pub start: Option<DateTime<Utc>>,
-    /// Event time, exclusive.
-    pub end: Option<DateTime<Utc>>,
-    pub limit: usize,
-}
-
-impl AlertFilter {
-    fn matches(&self, a: &StoredAlert) -> bool {
-        self.level.is_none_or(|l| a.level == l)
-            && self.min_level.is_none_or(|l| a.level >= l)
-            && self.rule.as_deref().is_none_or(|r| a.rule_id == r)
-            && self.status.is_none_or(|s| a.status == s)
-            && self.start.is_none_or(|t| a.timestamp >= t)
-            && self.end.is_none_or(|t| a.timestamp < t)
-    }
-}
-
-/// A delivery of one alert to one sink, waiting in the queue.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Delivery {
-    pub alert_id: u64,
-    pub sink: String,
-    pub attempts: u32,
-    pub next_attempt: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-}
-
-/// Deliveries due now (queue sequence, delivery), and when the next of
-/// the others is due.
-pub type DueDeliveries = (Vec<(u64, Delivery)>, Option<DateTime<Utc>>);
-
-/// Delivery outcomes of one sink, kept across restarts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct SinkCounts {
-    pub delivered: u64,
-    pub failed: u64,
-}
-
 /// The alert database. Cheap to clone; safe to share between threads
 /// (redb serialises write transactions and lets reads run beside them).
 #[derive(Clone)]
 pub struct AlertStore {
     db: Arc<Database>,
-    /// Rule versions known to be in the `rule_versions` table, so that
-    /// storing and reading alerts does not look them up each time.
-    versions: Arc<Mutex<HashMap<u64, Arc<RuleVersion>>>>,
+    versions: Arc<VersionCache>,
 }
 
 impl std::fmt::Debug for AlertStore {
@@ -466,7 +95,7 @@ impl AlertStore {
         {
             txn.open_table(ALERTS).map_err(db)?;
             let mut dedup = txn.open_table(DEDUP).map_err(db)?;
-            migrate_text_dedup(&txn, &mut dedup)?;
+            legacy::migrate_text_dedup(&txn, &mut dedup)?;
             txn.open_table(QUEUE).map_err(db)?;
             txn.open_table(META).map_err(db)?;
             txn.open_table(COUNTERS).map_err(db)?;
@@ -479,40 +108,6 @@ impl AlertStore {
         })
     }
 
-    fn versions(&self) -> MutexGuard<'_, HashMap<u64, Arc<RuleVersion>>> {
-        // The map only caches what the table holds; a panic elsewhere
-        // cannot leave it wrong.
-        self.versions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The rule version `fingerprint`, from the cache or `table`; an alert
-    /// row referring to one the table lacks is an error.
-    fn version(
-        &self,
-        table: &impl ReadableTable<u64, &'static [u8]>,
-        fingerprint: u64,
-    ) -> Result<Arc<RuleVersion>, Error> {
-        self.find_version(table, fingerprint)?
-            .ok_or(Error::MissingRuleVersion(fingerprint))
-    }
-
-    /// The rule version `fingerprint`, from the cache or `table`, if stored.
-    fn find_version(
-        &self,
-        table: &impl ReadableTable<u64, &'static [u8]>,
-        fingerprint: u64,
-    ) -> Result<Option<Arc<RuleVersion>>, Error> {
-        if let Some(v) = self.versions().get(&fingerprint) {
-            return Ok(Some(v.clone()));
-        }
-        let Some(value) = table.get(fingerprint).map_err(db)? else {
-            return Ok(None);
-        };
-        let version: Arc<RuleVersion> = Arc::new(serde_json::from_slice(value.value())?);
-        self.versions().insert(fingerprint, version.clone());
-        Ok(Some(version))
-    }
-
     /// Decodes a value of the `alerts` table.
     fn decode(
         &self,
@@ -522,7 +117,7 @@ impl AlertStore {
     ) -> Result<StoredAlert, Error> {
         match Stored::decode(bytes)? {
             Stored::Row(row) => {
-                let version = self.version(versions, row.rule)?;
+                let version = self.versions.get(versions, row.rule)?;
                 Ok(row.into_stored(id, &version))
             }
             Stored::Whole(alert) => Ok(alert),
@@ -565,7 +160,7 @@ impl AlertStore {
                 let fingerprint = RuleVersion::fingerprint(&new.alert);
                 let known = match added.get(&fingerprint) {
                     Some(v) => Some(v.clone()),
-                    None => self.find_version(&versions, fingerprint)?,
+                    None => self.versions.find(&versions, fingerprint)?,
                 };
                 let version = match known {
                     Some(v) => v,
@@ -586,19 +181,7 @@ impl AlertStore {
                 serde_json::to_writer(&mut row_bytes, &row)?;
                 table.insert(id, row_bytes.as_slice()).map_err(db)?;
                 let alert = row.into_stored(id, &version);
-                for sink in route(&alert) {
-                    let delivery = Delivery {
-                        alert_id: id,
-                        sink,
-                        attempts: 0,
-                        next_attempt: now,
-                        last_error: None,
-                    };
-                    queue
-                        .insert(next_seq, serde_json::to_vec(&delivery)?.as_slice())
-                        .map_err(db)?;
-                    next_seq += 1;
-                }
+                queue::enqueue(&mut queue, &mut next_seq, id, route(&alert), now)?;
                 stored.push(alert);
             }
             meta.insert("next_alert", next_id).map_err(db)?;
@@ -608,7 +191,7 @@ impl AlertStore {
             txn.abort().map_err(db)?;
         } else {
             txn.commit().map_err(db)?;
-            self.versions().extend(added);
+            self.versions.extend(added);
         }
         Ok(stored)
     }
@@ -668,7 +251,7 @@ impl AlertStore {
             let (_, value) = entry.map_err(db)?;
             match Stored::decode(value.value())? {
                 Stored::Row(row) => {
-                    let version = self.version(&versions, row.rule)?;
+                    let version = self.versions.get(&versions, row.rule)?;
                     count(&version.rule_id, row.status);
                 }
                 Stored::Whole(alert) => count(&alert.rule_id, alert.status),
@@ -713,7 +296,7 @@ impl AlertStore {
                     table
                         .insert(id, serde_json::to_vec(&row)?.as_slice())
                         .map_err(db)?;
-                    let version = self.version(&versions, row.rule)?;
+                    let version = self.versions.get(&versions, row.rule)?;
                     row.into_stored(id, &version)
                 }
                 Stored::Whole(mut alert) => {
@@ -729,113 +312,13 @@ impl AlertStore {
         txn.commit().map_err(db)?;
         Ok(alert)
     }
-
-    /// Up to `max` deliveries due at `now`, oldest queued first, and the
-    /// earliest time one of the others is due.
-    pub fn due_deliveries(&self, now: DateTime<Utc>, max: usize) -> Result<DueDeliveries, Error> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let queue = txn.open_table(QUEUE).map_err(db)?;
-        let mut due = Vec::new();
-        let mut next: Option<DateTime<Utc>> = None;
-        for entry in queue.iter().map_err(db)? {
-            let (key, value) = entry.map_err(db)?;
-            let d: Delivery = serde_json::from_slice(value.value())?;
-            if d.next_attempt <= now && due.len() < max {
-                due.push((key.value(), d));
-            } else if d.next_attempt > now {
-                next = Some(next.map_or(d.next_attempt, |n| n.min(d.next_attempt)));
-            } else {
-                next = Some(now);
-            }
-        }
-        Ok((due, next))
-    }
-
-    /// The sink accepted the delivery: it leaves the queue.
-    pub fn delivery_succeeded(&self, seq: u64, sink: &str) -> Result<(), Error> {
-        let txn = self.db.begin_write().map_err(db)?;
-        {
-            let mut queue = txn.open_table(QUEUE).map_err(db)?;
-            queue.remove(seq).map_err(db)?;
-            bump(&txn, &format!("delivered:{sink}"))?;
-        }
-        txn.commit().map_err(db)
-    }
-
-    /// The delivery failed: it stays queued with its next attempt.
-    pub fn delivery_failed(&self, seq: u64, delivery: &Delivery) -> Result<(), Error> {
-        let txn = self.db.begin_write().map_err(db)?;
-        {
-            let mut queue = txn.open_table(QUEUE).map_err(db)?;
-            queue
-                .insert(seq, serde_json::to_vec(delivery)?.as_slice())
-                .map_err(db)?;
-            bump(&txn, &format!("failed:{}", delivery.sink))?;
-        }
-        txn.commit().map_err(db)
-    }
-
-    /// Deliveries waiting in the queue.
-    pub fn queue_len(&self) -> Result<u64, Error> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let queue = txn.open_table(QUEUE).map_err(db)?;
-        queue.len().map_err(db)
-    }
-
-    /// Delivered and failed attempts per sink, since the store was created.
-    pub fn sink_counts(&self) -> Result<BTreeMap<String, SinkCounts>, Error> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let counters = txn.open_table(COUNTERS).map_err(db)?;
-        let mut out: BTreeMap<String, SinkCounts> = BTreeMap::new();
-        for entry in counters.iter().map_err(db)? {
-            let (key, value) = entry.map_err(db)?;
-            let key = key.value();
-            if let Some(sink) = key.strip_prefix("delivered:") {
-                out.entry(sink.to_owned()).or_default().delivered = value.value();
-            } else if let Some(sink) = key.strip_prefix("failed:") {
-                out.entry(sink.to_owned()).or_default().failed = value.value();
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// Moves the entries of the `&str`-keyed de-duplication table of earlier
-/// releases into `dedup`, and deletes it.
-fn migrate_text_dedup(
-    txn: &redb::WriteTransaction,
-    dedup: &mut redb::Table<'_, &'static [u8], u64>,
-) -> Result<(), Error> {
-    let exists = txn
-        .list_tables()
-        .map_err(db)?
-        .any(|t| t.name() == DEDUP_TEXT.name());
-    if !exists {
-        return Ok(());
-    }
-    {
-        let old = txn.open_table(DEDUP_TEXT).map_err(db)?;
-        for entry in old.iter().map_err(db)? {
-            let (key, id) = entry.map_err(db)?;
-            dedup
-                .insert(key.value().as_bytes(), id.value())
-                .map_err(db)?;
-        }
-    }
-    txn.delete_table(DEDUP_TEXT).map_err(db)?;
-    Ok(())
-}
-
-fn bump(txn: &redb::WriteTransaction, key: &str) -> Result<(), Error> {
-    let mut counters = txn.open_table(COUNTERS).map_err(db)?;
-    let n = counters.get(key).map_err(db)?.map_or(0, |v| v.value());
-    counters.insert(key, n + 1).map_err(db)?;
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use ward_rules::Level;
 
     use super::*;
 
@@ -859,157 +342,6 @@ mod tests {
             namespace: None,
             user: Some("bob".into()),
         }
-    }
-
-    fn rule_versions(store: &AlertStore) -> u64 {
-        let txn = store.db.begin_read().unwrap();
-        txn.open_table(RULE_VERSIONS).unwrap().len().unwrap()
-    }
-
-    #[test]
-    fn rule_metadata_is_stored_once_per_version() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("alerts.redb");
-        let store = AlertStore::open(&path).unwrap();
-        let none = |_: &StoredAlert| Vec::new();
-        let batch: Vec<NewAlert> = (0..50)
-            .map(|i| alert("r1", &format!("a{i}"), Level::High))
-            .chain((0..50).map(|i| alert("r2", &format!("a{i}"), Level::Low)))
-            .collect();
-        assert_eq!(store.insert(batch, &none).unwrap().len(), 100);
-        assert_eq!(rule_versions(&store), 2, "one row per rule, not per alert");
-
-        // The same rule id with a new title is a new version; the alerts
-        // already stored keep the title they were raised with.
-        let mut edited = alert("r1", "b1", Level::Critical);
-        edited.alert.title = "T r1, edited".into();
-        let new = store.insert(vec![edited], &none).unwrap();
-        assert_eq!(new[0].title, "T r1, edited");
-        assert_eq!(new[0].level, Level::Critical);
-        assert_eq!(rule_versions(&store), 3);
-        drop(store);
-
-        // A fresh process finds the versions in the table, not in its cache.
-        let store = AlertStore::open(&path).unwrap();
-        assert_eq!(store.get(1).unwrap().title, "T r1");
-        assert_eq!(store.get(1).unwrap().level, Level::High);
-        assert_eq!(store.get(101).unwrap().title, "T r1, edited");
-        let more = store
-            .insert(vec![alert("r2", "c1", Level::Low)], &none)
-            .unwrap();
-        assert_eq!(more[0].title, "T r2");
-        assert_eq!(
-            rule_versions(&store),
-            3,
-            "r2's version was found, not added"
-        );
-        store.set_status(2, Status::Closed, "alice", None).unwrap();
-        let counts = store.rule_counts().unwrap();
-        assert_eq!(
-            counts["r1"],
-            RuleAlertCounts {
-                alerts: 51,
-                open: 50
-            }
-        );
-        assert_eq!(
-            counts["r2"],
-            RuleAlertCounts {
-                alerts: 51,
-                open: 51
-            }
-        );
-    }
-
-    /// Stores written by earlier releases (whole alerts as JSON, `&str`
-    /// de-duplication keys) open, read, change and de-duplicate as before.
-    #[test]
-    fn alerts_of_earlier_releases_are_read_and_deduplicated() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("alerts.redb");
-        let legacy = StoredAlert {
-            id: 1,
-            rule_id: "r1".into(),
-            title: "Old title".into(),
-            level: Level::High,
-            description: Some("what to check".into()),
-            author: None,
-            tags: vec!["attack.t1609".into()],
-            correlation: false,
-            timestamp: Utc::now(),
-            created: Utc::now(),
-            cluster: Some("c1".into()),
-            namespace: None,
-            user: Some("bob".into()),
-            event_ids: vec!["rec-a1".into()],
-            audit_ids: vec!["a1".into()],
-            group: None,
-            status: Status::Open,
-            history: vec![StatusChange {
-                status: Status::Open,
-                by: "ward".into(),
-                at: Utc::now(),
-                comment: None,
-            }],
-        };
-        {
-            let database = Database::create(&path).unwrap();
-            let txn = database.begin_write().unwrap();
-            {
-                let mut alerts = txn.open_table(ALERTS).unwrap();
-                alerts
-                    .insert(1, serde_json::to_vec(&legacy).unwrap().as_slice())
-                    .unwrap();
-                let mut dedup = txn.open_table(DEDUP_TEXT).unwrap();
-                dedup.insert("r1\na1", 1).unwrap();
-                let mut meta = txn.open_table(META).unwrap();
-                meta.insert("next_alert", 2).unwrap();
-            }
-            txn.commit().unwrap();
-        }
-        let store = AlertStore::open(&path).unwrap();
-        assert_eq!(store.get(1).unwrap(), legacy);
-        assert_eq!(
-            store
-                .list(&AlertFilter {
-                    limit: 10,
-                    ..Default::default()
-                })
-                .unwrap(),
-            vec![legacy.clone()]
-        );
-        let none = |_: &StoredAlert| Vec::new();
-        let new = store
-            .insert(
-                vec![
-                    alert("r1", "a1", Level::High),
-                    alert("r1", "a2", Level::High),
-                ],
-                &none,
-            )
-            .unwrap();
-        assert_eq!(new.len(), 1, "the old de-duplication key still counts");
-        assert_eq!(new[0].id, 2);
-        assert_eq!(
-            store.rule_counts().unwrap()["r1"],
-            RuleAlertCounts { alerts: 2, open: 2 },
-            "old and new rows counted alike"
-        );
-        let acked = store
-            .set_status(1, Status::Acknowledged, "alice", None)
-            .unwrap();
-        assert_eq!(acked.title, "Old title");
-        assert_eq!(acked.history.len(), 2);
-        drop(store);
-        let store = AlertStore::open(&path).unwrap();
-        assert_eq!(store.get(1).unwrap().status, Status::Acknowledged);
-        let txn = store.db.begin_read().unwrap();
-        assert!(
-            txn.list_tables()
-                .unwrap()
-                .all(|t| t.name() != DEDUP_TEXT.name()),
-            "the old table is gone once moved"
-        );
     }
 
     #[test]

@@ -34,9 +34,10 @@ use chrono::{DateTime, Utc};
 use redb::{ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
+use super::model::AlertRow;
+use super::versions::RuleVersion;
 use super::{
-    ALERTS, AlertRow, AlertStore, COUNTERS, DEDUP, Delivery, META, QUEUE, RULE_VERSIONS,
-    RuleVersion, Status, StoredAlert,
+    ALERTS, AlertStore, COUNTERS, DEDUP, Delivery, META, QUEUE, RULE_VERSIONS, Status, StoredAlert,
 };
 use crate::error::{Error, db};
 
