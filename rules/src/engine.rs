@@ -236,7 +236,7 @@ impl Engine {
         slots.resize(rules.n_fields, Slot::default());
         let mut cache = FieldCache::new(slots);
         cands.clear();
-        rules.index.collect(ev, cands, &mut cache);
+        rules.prefilter.collect(ev, cands, &mut cache);
         // Rule order, so alerts come out in a stable order.
         cands.sort_unstable();
         cands.dedup();

@@ -63,6 +63,7 @@ mod engine;
 mod error;
 mod field;
 mod pattern;
+mod prefilter;
 mod rule;
 mod ruleset;
 mod testrun;

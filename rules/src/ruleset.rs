@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::detection::Detection;
 use crate::error::{Error, LoadError};
+use crate::prefilter::Prefilter;
 use crate::rule::{self, CorrKind, CountCond, Doc, RuleInfo, RuleSource};
 
 /// A compiled detection rule.
@@ -56,64 +57,6 @@ pub(crate) struct CorrRule {
     pub(crate) emit: bool,
 }
 
-/// Rules indexed by the value of the field most of them require (in
-/// Kubernetes audit rules `verb`, then `objectRef.resource` inside each verb
-/// bucket), so that an event is only checked against rules that could match
-/// it.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Index {
-    /// None for a leaf: `always` then holds every rule of the node.
-    pub(crate) field: Option<String>,
-    /// Id of `field` in the per-event field memo (items share it).
-    pub(crate) field_id: u32,
-    /// Lowercase value → sub-index of the rules that require it.
-    pub(crate) buckets: Vec<(String, Index)>,
-    /// Rules with no requirement on `field`.
-    pub(crate) always: Vec<u32>,
-}
-
-impl Index {
-    /// Appends the rules worth checking for `ev` to `out` (unsorted).
-    pub(crate) fn collect<'a>(
-        &self,
-        ev: &'a ward_event::tree::Members<'a>,
-        out: &mut Vec<u32>,
-        cache: &mut crate::field::FieldCache<'a, '_>,
-    ) {
-        out.extend_from_slice(&self.always);
-        let Some(f) = self.field.as_deref() else {
-            return;
-        };
-        let mut n = 0;
-        let mut text: Option<&'a str> = None;
-        let mut found = false;
-        cache.visit(ev, self.field_id, f, &mut found, &mut |v| {
-            n += 1;
-            text = v.as_str();
-            n > 1
-        });
-        match (n, text) {
-            // Absent: rules that need a value of the field cannot match.
-            (0, _) => {}
-            (1, Some(t)) if t.is_ascii() => {
-                if let Some((_, sub)) = self.buckets.iter().find(|(v, _)| v.eq_ignore_ascii_case(t))
-                {
-                    sub.collect(ev, out, cache);
-                }
-            }
-            // Several values, a number, non-ASCII text: check everything.
-            _ => self.collect_all(out),
-        }
-    }
-
-    fn collect_all(&self, out: &mut Vec<u32>) {
-        out.extend_from_slice(&self.always);
-        for (_, sub) in &self.buckets {
-            sub.collect_all(out);
-        }
-    }
-}
-
 /// A filter as loaded, for listing.
 #[derive(Debug, Clone)]
 pub struct FilterInfo {
@@ -131,7 +74,7 @@ pub struct RuleSet {
     pub(crate) dets: Vec<DetRule>,
     /// In dependency order: a correlation comes after those it consumes.
     pub(crate) corrs: Vec<CorrRule>,
-    pub(crate) index: Index,
+    pub(crate) prefilter: Prefilter,
     filters: Vec<FilterInfo>,
     /// Distinct field names of all items (ids of the per-event field memo).
     pub(crate) n_fields: usize,
@@ -139,9 +82,26 @@ pub struct RuleSet {
 
 const MAX_DOCS_PER_FILE: usize = 10_000;
 
-/// A parsed filter waiting for linking: title, rule references, detection,
-/// where it came from, document number.
-type PendingFilter = (String, Vec<String>, Detection, RuleSource, Option<usize>);
+/// A parsed correlation waiting for linking.
+struct PendingCorrelation {
+    info: RuleInfo,
+    spec: rule::CorrelationSpec,
+    /// Whether the rules it consumes alert on their own too.
+    generate: bool,
+    /// Its document number in its file.
+    document: Option<usize>,
+}
+
+/// A parsed filter waiting for linking.
+struct PendingFilter {
+    title: String,
+    /// References (`id` or `name`) of the rules it applies to.
+    rules: Vec<String>,
+    detection: Detection,
+    source: RuleSource,
+    /// Its document number in its file.
+    document: Option<usize>,
+}
 
 impl RuleSet {
     /// Loads every `*.yml` / `*.yaml` under the given files or directories
@@ -278,12 +238,23 @@ impl RuleSet {
                         info,
                         spec,
                         generate,
-                    }) => pending_corrs.push((info, spec, generate, document)),
+                    }) => pending_corrs.push(PendingCorrelation {
+                        info,
+                        spec,
+                        generate,
+                        document,
+                    }),
                     Ok(Doc::Filter {
                         title,
                         rules,
                         detection,
-                    }) => pending_filters.push((title, rules, detection, source.clone(), document)),
+                    }) => pending_filters.push(PendingFilter {
+                        title,
+                        rules,
+                        detection,
+                        source: source.clone(),
+                        document,
+                    }),
                     Err(error) => errors.push(LoadError {
                         source: source.clone(),
                         document,
@@ -296,8 +267,8 @@ impl RuleSet {
         set.link_correlations(pending_corrs, &mut errors);
         set.link_filters(pending_filters, &mut errors);
         let mut ids = set.intern_fields();
-        set.index = build_index(&set.dets);
-        intern_index(&mut set.index, &mut ids);
+        set.prefilter = Prefilter::build(&set.dets);
+        set.prefilter.intern(&mut ids);
         set.n_fields = ids.len();
         (set, errors)
     }
@@ -341,23 +312,22 @@ impl RuleSet {
         first
     }
 
-    fn link_correlations(
-        &mut self,
-        pending: Vec<(RuleInfo, rule::CorrelationSpec, bool, Option<usize>)>,
-        errors: &mut Vec<LoadError>,
-    ) {
+    fn link_correlations(&mut self, pending: Vec<PendingCorrelation>, errors: &mut Vec<LoadError>) {
         let det_cands: Vec<(usize, &RuleInfo)> = self
             .dets
             .iter()
             .enumerate()
             .map(|(k, d)| (k, &self.infos[d.info]))
             .collect();
-        let corr_cands: Vec<(usize, &RuleInfo)> =
-            pending.iter().enumerate().map(|(k, p)| (k, &p.0)).collect();
+        let corr_cands: Vec<(usize, &RuleInfo)> = pending
+            .iter()
+            .enumerate()
+            .map(|(k, p)| (k, &p.info))
+            .collect();
         // Resolve references: Ok(inputs) or the first unknown reference.
         let mut resolved: Vec<Result<Vec<Input>, Error>> = pending
             .iter()
-            .map(|(info, spec, _, _)| {
+            .map(|PendingCorrelation { info, spec, .. }| {
                 spec.rules
                     .iter()
                     .map(|r| {
@@ -392,7 +362,7 @@ impl RuleSet {
                 let dep_failed = match &resolved[k] {
                     Ok(inputs) => inputs.iter().find_map(|i| match i {
                         Input::Corr(j) if placed[*j] && resolved[*j].is_err() => {
-                            Some(pending[*j].0.id.clone())
+                            Some(pending[*j].info.id.clone())
                         }
                         _ => None,
                     }),
@@ -413,7 +383,7 @@ impl RuleSet {
         }
         for k in 0..n {
             if !placed[k] {
-                resolved[k] = Err(Error::Cycle(pending[k].0.id.clone()));
+                resolved[k] = Err(Error::Cycle(pending[k].info.id.clone()));
                 order.push(k);
             }
         }
@@ -423,7 +393,13 @@ impl RuleSet {
         let mut corr_generate: Vec<Option<bool>> = vec![None; n];
         let mut pending: Vec<Option<_>> = pending.into_iter().map(Some).collect();
         for k in order {
-            let Some((info, spec, generate, document)) = pending[k].take() else {
+            let Some(PendingCorrelation {
+                info,
+                spec,
+                generate,
+                document,
+            }) = pending[k].take()
+            else {
                 continue;
             };
             let inputs = match std::mem::replace(&mut resolved[k], Ok(Vec::new())) {
@@ -497,7 +473,14 @@ impl RuleSet {
     }
 
     fn link_filters(&mut self, pending: Vec<PendingFilter>, errors: &mut Vec<LoadError>) {
-        for (title, refs, detection, source, document) in pending {
+        for PendingFilter {
+            title,
+            rules: refs,
+            detection,
+            source,
+            document,
+        } in pending
+        {
             let cands: Vec<(usize, &RuleInfo)> = self
                 .dets
                 .iter()
@@ -614,212 +597,9 @@ fn collect_dir(dir: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<LoadError>
     }
 }
 
-/// What values of `field` a detection requires, if it requires one of a
-/// known set of exact values (conservative: None when unsure).
-fn required(det: &Detection, field: &str) -> Option<Vec<String>> {
-    use crate::condition::Cond;
-    fn sel(det: &Detection, i: usize, field: &str) -> Option<Vec<String>> {
-        let mut out = Vec::new();
-        for group in &det.selections[i] {
-            let item = group.iter().find_map(|it| {
-                if it.field.as_deref() != Some(field) || it.is_negated_or_all() {
-                    return None;
-                }
-                let needles: Option<Vec<String>> = it
-                    .matchers
-                    .iter()
-                    .map(|m| m.exact_needle().map(str::to_owned))
-                    .collect();
-                needles.filter(|n| !n.is_empty())
-            })?;
-            out.extend(item);
-        }
-        (!out.is_empty()).then_some(out)
-    }
-    fn walk(det: &Detection, c: &Cond, field: &str) -> Option<Vec<String>> {
-        match c {
-            Cond::Sel(i) => sel(det, *i, field),
-            Cond::Not(_) => None,
-            Cond::And(cs) => cs.iter().find_map(|c| walk(det, c, field)),
-            Cond::Or(cs) => {
-                let mut out = Vec::new();
-                for c in cs {
-                    out.extend(walk(det, c, field)?);
-                }
-                Some(out)
-            }
-            Cond::AtLeast(n, is) if *n == is.len() => is.iter().find_map(|i| sel(det, *i, field)),
-            Cond::AtLeast(_, is) => {
-                let mut out = Vec::new();
-                for i in is {
-                    out.extend(sel(det, *i, field)?);
-                }
-                Some(out)
-            }
-        }
-    }
-    walk(det, &det.condition, field)
-}
-
-/// Gives the index's fields the ids items use for the same names.
-fn intern_index(index: &mut Index, ids: &mut HashMap<String, u32>) {
-    if let Some(f) = &index.field {
-        let next = ids.len() as u32;
-        index.field_id = *ids.entry(f.clone()).or_insert(next);
-    }
-    for (_, sub) in &mut index.buckets {
-        intern_index(sub, ids);
-    }
-}
-
-fn build_index(dets: &[DetRule]) -> Index {
-    build_node(dets, (0..dets.len() as u32).collect(), &mut Vec::new())
-}
-
-/// Small nodes are not worth another level of lookups.
-const MIN_INDEXED: usize = 6;
-const MAX_DEPTH: usize = 3;
-
-fn build_node(dets: &[DetRule], rules: Vec<u32>, used: &mut Vec<String>) -> Index {
-    let leaf = |rules: Vec<u32>| Index {
-        field: None,
-        field_id: u32::MAX,
-        buckets: Vec::new(),
-        always: rules,
-    };
-    if rules.len() < MIN_INDEXED || used.len() >= MAX_DEPTH {
-        return leaf(rules);
-    }
-    // Pick the field the most of these rules require a value of.
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for &k in &rules {
-        let d = &dets[k as usize];
-        let mut seen: Vec<&str> = Vec::new();
-        for g in d.detection.selections.iter().flatten() {
-            for it in g {
-                let Some(f) = it.field.as_deref() else {
-                    continue;
-                };
-                if !seen.contains(&f) && !used.iter().any(|u| u == f) {
-                    seen.push(f);
-                }
-            }
-        }
-        for f in seen {
-            if required(&d.detection, f).is_some() {
-                *counts.entry(f).or_default() += 1;
-            }
-        }
-    }
-    let best = counts
-        .into_iter()
-        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0)));
-    let field = match best {
-        Some((f, n)) if n >= 2 => f.to_owned(),
-        _ => return leaf(rules),
-    };
-    let mut buckets: Vec<(String, Vec<u32>)> = Vec::new();
-    let mut always = Vec::new();
-    for k in rules {
-        match required(&dets[k as usize].detection, &field) {
-            Some(mut values) => {
-                values.sort();
-                values.dedup();
-                for v in values {
-                    match buckets.iter_mut().find(|(b, _)| *b == v) {
-                        Some((_, rs)) => rs.push(k),
-                        None => buckets.push((v, vec![k])),
-                    }
-                }
-            }
-            None => always.push(k),
-        }
-    }
-    used.push(field.clone());
-    let buckets = buckets
-        .into_iter()
-        .map(|(v, rs)| (v, build_node(dets, rs, used)))
-        .collect();
-    used.pop();
-    Index {
-        field_id: u32::MAX,
-        field: Some(field),
-        buckets,
-        always,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn index_picks_verb_and_is_conservative() {
-        let (set, errs) = RuleSet::from_sources(&[(
-            "t",
-            r#"
-title: a
-detection:
-  sel:
-    verb: [create, Update]
-    objectRef.resource: pods
-  condition: sel
----
-title: b
-detection:
-  sel:
-    verb: delete
-  condition: sel
----
-title: c
-detection:
-  sel:
-    verb|startswith: del
-  condition: sel
----
-title: d
-detection:
-  sel:
-    verb: get
-  other:
-    user.username: x
-  condition: sel or other
----
-title: e
-detection:
-  sel:
-    verb: get
-  condition: not sel
----
-title: f
-detection:
-  sel:
-    verb: patch
-  condition: sel
-"#,
-        )]);
-        assert!(errs.is_empty(), "{errs:?}");
-        let idx = &set.index;
-        assert_eq!(idx.field.as_deref(), Some("verb"));
-        let bucket = |v: &str| {
-            let mut out = Vec::new();
-            if let Some((_, sub)) = idx.buckets.iter().find(|(b, _)| b == v) {
-                sub.collect_all(&mut out);
-            }
-            out
-        };
-        assert_eq!(bucket("create"), vec![0]);
-        assert_eq!(bucket("update"), vec![0]);
-        assert_eq!(bucket("delete"), vec![1]);
-        // c (startswith), d (or with a non-verb branch), e (not) are always checked.
-        assert_eq!(idx.always, vec![2, 3, 4]);
-        // An event only gets the rules its verb can match.
-        let ev = serde_json::json!({"verb": "DELETE"});
-        let ev = ward_event::tree::Object::of_map(ev.as_object().unwrap());
-        let mut out = Vec::new();
-        idx.collect(&ev.0, &mut out, &mut crate::field::FieldCache::new(&mut []));
-        assert_eq!(out, vec![2, 3, 4, 1]);
-    }
 
     #[test]
     fn yaml_errors_are_per_document() {
