@@ -37,7 +37,7 @@ const DOCSTORE_ZSTD_LEVEL: i32 = 3;
 /// one record decompresses one block, about a millisecond, and neighbouring
 /// records (a page of hits in time order) share blocks. Quickwit's default
 /// is the same size.
-const DOCSTORE_BLOCK_BYTES: usize = 1024 * 1024;
+pub(crate) const DOCSTORE_BLOCK_BYTES: usize = 1024 * 1024;
 
 /// A UTC day: the unit of partitioning and retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -37,6 +37,7 @@ mod writer;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -44,8 +45,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 pub use api::{
-    IngestReceipt, IngestTap, MAX_LIMIT, Retention, SearchHit, SearchRequest, SearchResponse,
-    StoreConfig, StoreStats,
+    IngestReceipt, IngestTap, MAX_LIMIT, MemoryBounds, Retention, SearchHit, SearchRequest,
+    SearchResponse, StoreConfig, StoreStats,
 };
 use search::{View, Views, reader_of};
 use writer::{Writer, WriterMsg};
@@ -155,6 +156,17 @@ impl Store {
 
     pub(crate) fn aggregation_budget(&self) -> crate::aggregate::AggregationBudget {
         self.inner.aggregation_budget
+    }
+
+    /// Bounds of the memory the indexer holds that has no counter of its
+    /// own (ARCHITECTURE.md, "Memory").
+    pub fn memory_bounds(&self) -> MemoryBounds {
+        let segments = self.inner.stats.segments.load(Ordering::Relaxed) as usize;
+        MemoryBounds {
+            docstore_cache_bytes: segments * search::DOC_STORE_CACHE_BYTES,
+            live_tail_subscribers: self.inner.tail.broadcast.receiver_count(),
+            aggregation_bytes: self.inner.aggregation_budget.memory_bytes,
+        }
     }
 
     pub fn redactor(&self) -> &Redactor {

@@ -107,6 +107,73 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         get(&stats.queries_cancelled),
     );
     metric(
+        "ward_indexer_partitions_open",
+        "gauge",
+        "Partitions open for writing.",
+        get(&stats.partitions_open),
+    );
+    metric(
+        "ward_indexer_writer_heap_bytes",
+        "gauge",
+        "Memory the open partitions' index writers may buffer before they flush (their bound).",
+        get(&stats.writer_heap_bytes),
+    );
+    metric(
+        "ward_indexer_replay_window_keys",
+        "gauge",
+        "Replay keys held exactly in memory (the latest records of each partition being written).",
+        get(&stats.replay_window_keys),
+    );
+    metric(
+        "ward_indexer_replay_window_bytes",
+        "gauge",
+        "Memory of the replay windows, about.",
+        get(&stats.replay_window_bytes),
+    );
+    metric(
+        "ward_indexer_replay_filter_bytes",
+        "gauge",
+        "Memory of the per-segment filters that guard replay lookups, and the per-second maps.",
+        get(&stats.replay_filter_bytes),
+    );
+    metric(
+        "ward_indexer_replay_lookups_total",
+        "counter",
+        "Records looked up in the index as possible replays of records outside the window.",
+        get(&stats.replay_lookups),
+    );
+    metric(
+        "ward_indexer_replay_lookup_passes_total",
+        "counter",
+        "Passes over a segment's records that replay lookups needed.",
+        get(&stats.replay_lookup_passes),
+    );
+    metric(
+        "ward_indexer_replay_filters_built_total",
+        "counter",
+        "Segment filters built for replay lookups.",
+        get(&stats.replay_filters_built),
+    );
+    let bounds = state.store.memory_bounds();
+    metric(
+        "ward_indexer_docstore_cache_bound_bytes",
+        "gauge",
+        "Decompressed document-store blocks the segment readers may cache (32 MiB per segment).",
+        bounds.docstore_cache_bytes as u64,
+    );
+    metric(
+        "ward_indexer_live_tail_subscribers",
+        "gauge",
+        "Live-tail subscribers (while any, the last commits' records are kept for them).",
+        bounds.live_tail_subscribers as u64,
+    );
+    metric(
+        "ward_indexer_aggregation_budget_bytes",
+        "gauge",
+        "Memory one aggregation request may take.",
+        bounds.aggregation_bytes,
+    );
+    metric(
         "ward_api_refusals_total",
         "counter",
         "API requests refused (401, 403, 429).",

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -49,10 +49,13 @@ pub struct StoreConfig {
     pub retention_interval: Duration,
     /// Signs the hash chains.
     pub hmac_key: Option<HmacKey>,
-    /// A partition not written for this long has its writer closed (its
-    /// replay keys are dropped from memory; they are reloaded if it is
-    /// written again).
+    /// A partition not written for this long has its writer closed (and
+    /// its replay window and filters dropped from memory).
     pub idle_writer_timeout: Duration,
+    /// Replay keys kept exactly in memory per partition being written (the
+    /// latest committed records'); older replays are looked up in the
+    /// index (ARCHITECTURE.md, "Replays").
+    pub replay_window: usize,
     /// Memory and bucket limits of one aggregation request.
     pub aggregation_budget: crate::aggregate::AggregationBudget,
 }
@@ -95,6 +98,10 @@ impl StoreConfig {
             retention_interval: Duration::from_secs(60),
             hmac_key: None,
             idle_writer_timeout: Duration::from_secs(300),
+            // About 16 MiB per partition being written: several seconds of
+            // a busy stream, which is when a collector or an API server
+            // resends.
+            replay_window: 256 * 1024,
             aggregation_budget: Default::default(),
         }
     }
@@ -175,4 +182,42 @@ pub struct StoreStats {
     /// Searches, pages and aggregations stopped because their request was
     /// cancelled (timed out, or its client went away).
     pub queries_cancelled: AtomicU64,
+    /// Records looked up in the index because they could be replays of
+    /// records outside the replay window.
+    pub replay_lookups: AtomicU64,
+    /// Passes over a segment's records those lookups needed.
+    pub replay_lookup_passes: AtomicU64,
+    /// Segment filters built for lookups.
+    pub replay_filters_built: AtomicU64,
+    /// Partitions open for writing, and what their writers may buffer
+    /// (`writer_heap_bytes` each).
+    pub partitions_open: AtomicU64,
+    pub writer_heap_bytes: AtomicU64,
+    /// Keys in the replay windows of the partitions open for writing, and
+    /// the bytes of those windows and of the segment filters.
+    pub replay_window_keys: AtomicU64,
+    pub replay_window_bytes: AtomicU64,
+    pub replay_filter_bytes: AtomicU64,
+}
+
+/// See [`crate::Store::memory_bounds`].
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryBounds {
+    /// Decompressed document-store blocks the segment readers may cache.
+    pub docstore_cache_bytes: usize,
+    /// Live-tail subscribers (the tail keeps commits' records while any).
+    pub live_tail_subscribers: usize,
+    /// What one aggregation request may take.
+    pub aggregation_bytes: u64,
+}
+
+impl StoreStats {
+    pub(super) fn note_replay_lookup(&self, cost: super::replay::LookupCost) {
+        self.replay_lookups
+            .fetch_add(cost.records, Ordering::Relaxed);
+        self.replay_lookup_passes
+            .fetch_add(cost.passes, Ordering::Relaxed);
+        self.replay_filters_built
+            .fetch_add(cost.filters_built, Ordering::Relaxed);
+    }
 }

@@ -267,6 +267,9 @@ pub(crate) fn time_range(
 /// selective query decompressed blocks again on every repeat (19 ms at p50
 /// instead of 0.36 ms with 32, `query_bench --events 1000000`).
 const DOC_STORE_CACHE_BLOCKS: usize = 32;
+/// What those blocks take at most per segment.
+pub(super) const DOC_STORE_CACHE_BYTES: usize =
+    DOC_STORE_CACHE_BLOCKS * crate::partition::DOCSTORE_BLOCK_BYTES;
 
 pub(super) fn reader_of(index: &Index) -> Result<IndexReader, Error> {
     Ok(index

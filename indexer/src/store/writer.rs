@@ -14,7 +14,7 @@ use tantivy::merge_policy::LogMergePolicy;
 use tantivy::{Index, IndexReader, IndexWriter, TantivyDocument};
 use tokio::sync::oneshot;
 
-use super::replay::{KnownRecords, RecordKey};
+use super::replay::{RecordKey, ReplayGuard};
 use super::search::{View, Views, reader_of};
 use super::{StoreConfig, StoreStats};
 use crate::Error;
@@ -44,7 +44,7 @@ pub(super) enum WriterMsg {
 pub(super) struct OpenPartition {
     pub(super) writer: IndexWriter<TantivyDocument>,
     reader: IndexReader,
-    known: KnownRecords,
+    replays: ReplayGuard,
     chain: ChainFile,
     /// Digests of the records added since the last commit.
     digests: Vec<Digest32>,
@@ -155,19 +155,26 @@ impl Writer {
         let oldest = self.oldest_kept_day();
         let batch_field = self.schema.batch;
         let tail_wanted = self.tail.wanted();
-        for Pending {
-            key,
-            day,
-            digest,
-            mut doc,
-        } in docs
-        {
-            if oldest.is_some_and(|o| day < o) {
-                expired += 1;
-                continue;
+        // Which records are new, asked of each partition once per batch.
+        let mut by_day: BTreeMap<Day, Vec<usize>> = BTreeMap::new();
+        for (i, d) in docs.iter().enumerate() {
+            if oldest.is_none_or(|o| d.day >= o) {
+                by_day.entry(d.day).or_default().push(i);
             }
-            let partition = match self.partition_for_write(day) {
-                Ok(p) => p,
+        }
+        let mut fresh = vec![false; docs.len()];
+        for (day, indexes) in &by_day {
+            let checked = self.partition_for_write(*day).and_then(|partition| {
+                let keys: Vec<&RecordKey> = indexes.iter().map(|&i| &docs[i].key).collect();
+                partition.replays.check(&partition.reader, &keys)
+            });
+            match checked {
+                Ok((new, cost)) => {
+                    for (&i, new) in indexes.iter().zip(new) {
+                        fresh[i] = new;
+                    }
+                    self.stats.note_replay_lookup(cost);
+                }
                 Err(e) => {
                     tracing::error!(partition = %day, error = %e, "cannot open partition for writing");
                     // Refuse the batch: it is resent later.
@@ -175,8 +182,32 @@ impl Writer {
                     self.forget_pending();
                     return;
                 }
+            }
+        }
+        for (
+            Pending {
+                key,
+                day,
+                digest,
+                mut doc,
+            },
+            fresh,
+        ) in docs.into_iter().zip(fresh)
+        {
+            if oldest.is_some_and(|o| day < o) {
+                expired += 1;
+                continue;
+            }
+            // Open already (above): this only looks it up.
+            let partition = match self.partition_for_write(day) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = ack.send(Err(format!("cannot open partition {day}: {e}")));
+                    self.forget_pending();
+                    return;
+                }
             };
-            if !partition.known.insert(key) {
+            if !fresh || !partition.replays.insert(key) {
                 duplicates += 1;
                 continue;
             }
@@ -279,17 +310,39 @@ impl Writer {
                 reader
             }
         };
-        let known = KnownRecords::load(&reader, self.schema.key)?;
-        tracing::debug!(partition = %day, records = known.len(), "partition open for writing");
+        let replays = ReplayGuard::open(&reader, day, self.schema.key, self.config.replay_window)?;
+        tracing::debug!(partition = %day, "partition open for writing");
         Ok(OpenPartition {
             writer,
             reader,
-            known,
+            replays,
             chain,
             digests: Vec::new(),
             failure: None,
             last_write: Instant::now(),
         })
+    }
+
+    /// The memory gauges of the partitions open for writing.
+    pub(super) fn note_memory(&self) {
+        let (mut keys, mut window, mut filters) = (0, 0, 0);
+        for p in self.open.values() {
+            keys += p.replays.window_len();
+            let (w, f) = p.replays.memory_bytes();
+            window += w;
+            filters += f;
+        }
+        let set = |gauge: &std::sync::atomic::AtomicU64, v: usize| {
+            gauge.store(v as u64, Ordering::Relaxed)
+        };
+        set(&self.stats.partitions_open, self.open.len());
+        set(
+            &self.stats.writer_heap_bytes,
+            self.open.len() * self.config.writer_heap_bytes,
+        );
+        set(&self.stats.replay_window_keys, keys);
+        set(&self.stats.replay_window_bytes, window);
+        set(&self.stats.replay_filter_bytes, filters);
     }
 
     fn commit(&mut self) {
@@ -312,6 +365,7 @@ impl Writer {
                 }
             }
         }
+        self.note_memory();
         let tail_docs = std::mem::take(&mut self.tail_pending);
         let result = match failure {
             None => {
@@ -361,6 +415,7 @@ impl Writer {
                 tracing::debug!(partition = %day, "closed idle partition writer");
             }
         }
+        self.note_memory();
     }
 }
 
@@ -397,7 +452,7 @@ fn commit_partition(p: &mut OpenPartition) -> Result<u64, String> {
     });
     match committed {
         Ok(_) => {
-            p.known.commit();
+            p.replays.commit();
             if let Err(e) = p.reader.reload() {
                 tracing::warn!(error = %e, "index reader reload failed");
             }
@@ -414,7 +469,7 @@ fn commit_partition(p: &mut OpenPartition) -> Result<u64, String> {
 }
 
 fn rollback(p: &mut OpenPartition) {
-    p.known.rollback();
+    p.replays.rollback();
     p.digests.clear();
     if let Err(e) = p.writer.rollback() {
         tracing::error!(error = %e, "index rollback failed");
