@@ -157,11 +157,16 @@ struct IndexerArgs {
     /// Longest a search, aggregation or timeline request may run (e.g. `30s`).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
+    /// Replay keys kept exactly in memory per partition being written (about
+    /// 64 bytes each); older replays are looked up in the index.
+    #[arg(long, default_value_t = 256 * 1024)]
+    replay_window: usize,
 }
 
 impl IndexerArgs {
     fn store_config(&self) -> anyhow::Result<ward_indexer::StoreConfig> {
         let mut config = ward_indexer::StoreConfig::new(&self.data);
+        config.replay_window = self.replay_window;
         config.retention = ward_indexer::Retention {
             max_age: self.retention,
             max_bytes: self.retention_size,
