@@ -65,6 +65,8 @@ fn parse_args() -> Args {
             }
             "--one-day" => args.one_day = true,
             "--search-threads" => args.settings.search_threads = number(value()),
+            "--replay-every" => args.settings.replay_every = number(value()),
+            "--replay-lag" => args.settings.replay_lag = number(value()),
             "--dir" => args.dir = Some(value().into()),
             "--only" => args.only = Some(value()),
             "--space" => args.space = true,
@@ -77,7 +79,7 @@ fn parse_args() -> Args {
 
 fn usage(reason: &str) -> ! {
     eprintln!(
-        "{reason}\nusage: ingest_bench [--events N] [--senders N] [--threads N] [--heap-mib N] [--commit-ms N] [--search-threads N] [--one-day] [--dir PATH] [--only ward|raw] [--space]"
+        "{reason}\nusage: ingest_bench [--events N] [--senders N] [--threads N] [--heap-mib N] [--commit-ms N] [--search-threads N] [--replay-every N] [--replay-lag N] [--one-day] [--dir PATH] [--only ward|raw] [--space]"
     );
     std::process::exit(2)
 }
@@ -163,6 +165,12 @@ fn main() {
                 r.searches,
                 r.searches as f64 / r.ingest.wall.as_secs_f64(),
                 s.search_threads
+            );
+        }
+        if s.replay_every > 0 {
+            println!(
+                "ward: {} records sent again (every {} batches, the batch {} earlier), all recognised as replays",
+                r.replayed, s.replay_every, s.replay_lag
             );
         }
         println!(

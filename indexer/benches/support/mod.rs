@@ -195,6 +195,10 @@ pub struct Settings {
     pub commit_interval: Duration,
     /// Threads searching in a loop while the Ward path ingests (0: none).
     pub search_threads: usize,
+    /// After every this many batches, the batch `replay_lag` batches
+    /// earlier is sent again (replays in the stream; 0: none).
+    pub replay_every: usize,
+    pub replay_lag: usize,
 }
 
 impl Default for Settings {
@@ -206,6 +210,8 @@ impl Default for Settings {
             senders: 4,
             commit_interval: defaults.commit_interval,
             search_threads: 0,
+            replay_every: 0,
+            replay_lag: 100,
         }
     }
 }
@@ -311,6 +317,8 @@ pub struct WardRun {
     pub searches: u64,
     /// CPU spent by background merges after the last acknowledgement.
     pub trailing_cpu: Duration,
+    /// Records sent again (with `replay_every`), all recognised as replays.
+    pub replayed: u64,
     pub index_bytes: u64,
 }
 
@@ -327,6 +335,7 @@ pub fn run_ward(corpus: &Corpus, settings: &Settings, dir: &Path) -> WardRun {
     let next = AtomicUsize::new(0);
     let done = std::sync::atomic::AtomicBool::new(false);
     let searches = AtomicUsize::new(0);
+    let replayed = AtomicUsize::new(0);
     let ((), ingest) = measure(|| {
         std::thread::scope(|s| {
             for t in 0..settings.search_threads {
@@ -357,7 +366,8 @@ pub fn run_ward(corpus: &Corpus, settings: &Settings, dir: &Path) -> WardRun {
             }
             let mut senders = Vec::new();
             for _ in 0..settings.senders.max(1) {
-                senders.push(s.spawn(|| {
+                let (replayed, next, store) = (&replayed, &next, &store);
+                senders.push(s.spawn(move || {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(body) = corpus.batches.get(i) else {
@@ -365,6 +375,15 @@ pub fn run_ward(corpus: &Corpus, settings: &Settings, dir: &Path) -> WardRun {
                         };
                         let ndjson = wire::decompress(body, DECOMPRESS_LIMIT).expect("decompress");
                         store.ingest_ndjson_blocking(ndjson).expect("ingest");
+                        let every = settings.replay_every;
+                        if every > 0 && i % every == 0 && i >= settings.replay_lag {
+                            let again = &corpus.batches[i - settings.replay_lag];
+                            let ndjson =
+                                wire::decompress(again, DECOMPRESS_LIMIT).expect("decompress");
+                            let r = store.ingest_ndjson_blocking(ndjson).expect("replay");
+                            assert_eq!(r.duplicates, r.records, "a resent batch is all replays");
+                            replayed.fetch_add(r.records, Ordering::Relaxed);
+                        }
                     }
                 }));
             }
@@ -391,6 +410,7 @@ pub fn run_ward(corpus: &Corpus, settings: &Settings, dir: &Path) -> WardRun {
         commits,
         docs,
         trailing_cpu,
+        replayed: replayed.load(Ordering::Relaxed) as u64,
         index_bytes: disk_bytes(dir),
     }
 }
