@@ -61,6 +61,7 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use ward_event::Stream;
 use ward_event::audit::{self, Parsed};
+use ward_event::hash::{self, Fnv64};
 use ward_event::partial::{LogLine, PartialMerger};
 use ward_event::path::{PodRef, pod_ref};
 use ward_event::wire::{BatchWriter, RawRecord};
@@ -1473,11 +1474,7 @@ fn identify(
         None => return Identified::NotYet,
     };
     let fp = fingerprint(node, file.dev_ino, head);
-    let head_hash = {
-        let mut h = Fnv64::new();
-        h.write(head);
-        format!("{:016x}", h.0)
-    };
+    let head_hash = hash_hex(head);
     // After a truncation the same fingerprint means the same first line
     // with other content after it: a new epoch keeps the ids apart.
     let after_truncation = file
@@ -1600,9 +1597,7 @@ fn tail_hash(file: &File, offset: u64) -> Option<String> {
 }
 
 fn hash_hex(bytes: &[u8]) -> String {
-    let mut h = Fnv64::new();
-    h.write(bytes);
-    format!("{:016x}", h.0)
+    hash::hex(hash::fnv64(bytes))
 }
 
 /// A decoder of the gzip file at `path`, moved to `offset` of its content,
@@ -1749,23 +1744,7 @@ fn fingerprint(node: &str, (dev, ino): (u64, u64), head: &[u8]) -> String {
     h.write(&dev.to_le_bytes());
     h.write(&ino.to_le_bytes());
     h.write(head);
-    format!("{:016x}", h.0)
-}
-
-/// FNV-1a: stable across Rust versions and platforms, unlike `DefaultHasher`,
-/// which matters for identities stored in checkpoints.
-struct Fnv64(u64);
-
-impl Fnv64 {
-    fn new() -> Fnv64 {
-        Fnv64(0xcbf2_9ce4_8422_2325)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
+    hash::hex(h.finish())
 }
 
 fn lossy(bytes: &[u8]) -> (std::borrow::Cow<'_, str>, bool) {
@@ -1792,6 +1771,15 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    /// Fingerprints and hashes are in checkpoints on disk: a change here
+    /// makes every file read again from its start.
+    #[test]
+    fn persisted_identities_are_pinned() {
+        let head = b"{\"kind\":\"Event\"}\n";
+        assert_eq!(fingerprint("n1", (2049, 131), head), "5f010529e7dd5fa0");
+        assert_eq!(hash_hex(b"foobar"), "85944171f73967e8");
+    }
 
     /// The hand-written container record is byte for byte what serde
     /// writes for the same record.

@@ -138,7 +138,10 @@ pub fn webhook_batch(
                 auditID: Some(audit_id),
                 stage,
             }) if error.is_none() => format!("audit:{audit_id}:{}", stage.unwrap_or_default()),
-            _ => format!("audit:raw:{:016x}", fnv64(raw.as_bytes())),
+            _ => format!(
+                "audit:raw:{}",
+                crate::hash::hex(crate::hash::fnv64(raw.as_bytes()))
+            ),
         };
         let mut flags = Vec::new();
         if error.is_some() {
@@ -168,13 +171,6 @@ pub fn webhook_batch(
         pushed.map_err(|e| Error::Audit(e.to_string()))?;
     }
     Ok(writer)
-}
-
-/// FNV-1a, stable across platforms and Rust versions (ids are stored).
-fn fnv64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 fn parse_item(raw: &str) -> Parsed<'_> {

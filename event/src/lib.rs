@@ -6,6 +6,7 @@
 //! - [`cri`], [`docker`], [`partial`]: container log line parsers and the
 //!   merger for partial lines;
 //! - [`audit`]: Kubernetes `audit.k8s.io` Event / EventList parsing;
+//! - [`hash`]: the hash of persisted values (FNV-1a);
 //! - [`path`]: pod / namespace / container metadata from kubelet log paths;
 //! - [`wire`]: the NDJSON + zstd batch format and its bounded decoder;
 //! - [`tree`]: an event's JSON as a tree borrowing from its batch, which the
@@ -18,6 +19,7 @@ pub mod audit;
 pub mod cri;
 pub mod docker;
 mod error;
+pub mod hash;
 pub mod partial;
 pub mod path;
 pub mod record;

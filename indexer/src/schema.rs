@@ -265,16 +265,11 @@ pub fn is_time_text(s: &str) -> bool {
             .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'Z' | b'z' | b'+' | b'-' | b':'))
 }
 
-/// The tie-breaker of a record: FNV-1a over its replay key. Stable across
-/// builds and platforms (it is stored, cursors compare stored values, and
+/// The tie-breaker of a record: FNV-1a ([`ward_event::hash`]) over its
+/// replay key. Stable across builds and platforms (it is stored, cursors compare stored values, and
 /// with the record's time it is what replays are recognised by).
 pub fn tie_of(key: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    ward_event::hash::fnv64(key.as_bytes())
 }
 
 /// A string that is an IP address, as 128 bits (IPv4 mapped into IPv6).
