@@ -5,7 +5,7 @@
 //! with a string escaper that skips clean 8-byte words at once.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
-use ward_event::{Flag, Stream};
+use ward_event::{Flag, RecordId, Stream};
 
 /// Appends `value` as a JSON string (with its quotes), escaped the way
 /// serde_json escapes: `"`, `\`, and control characters; the short forms
@@ -77,20 +77,8 @@ fn escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&bytes[start..]);
 }
 
-/// Appends `n` in decimal.
-pub fn uint(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
+/// Appends `n` in decimal (as record ids write their numbers).
+pub use ward_event::id::decimal as uint;
 
 fn two(out: &mut Vec<u8>, n: u32) {
     out.push(b'0' + (n / 10 % 10) as u8);
@@ -165,8 +153,9 @@ pub struct FileParts {
 
 /// One whole container line.
 pub struct ContainerLine<'a> {
-    /// `<fingerprint>[~<epoch>]`
-    pub id_prefix: &'a str,
+    /// The file's, for the record's id ([`RecordId::File`]).
+    pub fingerprint: &'a str,
+    pub epoch: u32,
     pub offset: u64,
     pub piece: u32,
     pub timestamp: &'a DateTime<Utc>,
@@ -180,13 +169,14 @@ pub struct ContainerLine<'a> {
 /// `,"cluster":"…","node":"…"` (each only if set).
 pub fn container(out: &mut Vec<u8>, cluster_node: &[u8], file: &FileParts, line: &ContainerLine) {
     out.extend_from_slice(b"{\"id\":\"");
-    out.extend_from_slice(line.id_prefix.as_bytes());
-    out.push(b':');
-    uint(out, line.offset);
-    if line.piece > 0 {
-        out.push(b'.');
-        uint(out, u64::from(line.piece));
-    }
+    let id = RecordId::File {
+        fingerprint: line.fingerprint,
+        epoch: line.epoch,
+        offset: line.offset,
+        piece: line.piece,
+        item: None,
+    };
+    id.write_to(out);
     out.extend_from_slice(b"\",\"source\":\"container\",\"timestamp\":");
     timestamp(out, line.timestamp);
     out.extend_from_slice(cluster_node);

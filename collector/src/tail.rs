@@ -65,7 +65,7 @@ use ward_event::hash::{self, Fnv64};
 use ward_event::partial::{LogLine, PartialMerger};
 use ward_event::path::{PodRef, pod_ref};
 use ward_event::wire::{BatchWriter, RawRecord};
-use ward_event::{Flag, Record, SourceKind, cri, docker};
+use ward_event::{Flag, Record, RecordId, SourceKind, cri, docker};
 
 use crate::checkpoint::{Checkpoints, FORGET_AFTER, FilePosition};
 use crate::encode;
@@ -108,6 +108,8 @@ const ORPHAN_LINGER: Duration = Duration::from_secs(1);
 const SEND_WAIT: Duration = Duration::from_millis(20);
 /// While reading is paused, how often rotated or deleted files are checked.
 const ORPHAN_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// The fingerprint in the ids of a file's records before it is identified.
+const UNIDENTIFIED: &str = "unidentified";
 /// How often file sizes are sampled for the checkpoint-lag gauge.
 const SIZES_EVERY: Duration = Duration::from_secs(1);
 
@@ -1137,9 +1139,10 @@ impl Output {
         let (text, invalid_utf8) = lossy(line);
         let parsed = audit::parse_line(&text);
         let list = parsed.len() > 1;
-        for (i, item) in parsed.into_iter().enumerate() {
-            let id_suffix = if list { format!("#{i}") } else { String::new() };
-            match item {
+        for (i, parsed) in parsed.into_iter().enumerate() {
+            // The events of an `EventList` line are told apart in their ids.
+            let item = list.then_some(i);
+            match parsed {
                 Parsed::Event { raw, timestamp } => {
                     let mut flags = Vec::new();
                     if invalid_utf8 {
@@ -1153,7 +1156,7 @@ impl Output {
                         file,
                         offset,
                         0,
-                        &id_suffix,
+                        item,
                         SourceKind::Audit,
                         timestamp,
                         flags,
@@ -1170,15 +1173,7 @@ impl Output {
                         flags.push(Flag::InvalidUtf8);
                     }
                     let raw = raw.to_owned();
-                    self.push_raw_text(
-                        file,
-                        offset,
-                        0,
-                        &id_suffix,
-                        &raw,
-                        Some(error.to_string()),
-                        flags,
-                    );
+                    self.push_raw_text(file, offset, 0, item, &raw, Some(error.to_string()), flags);
                 }
             }
         }
@@ -1260,13 +1255,9 @@ impl Output {
         } else {
             flags
         };
-        let fp = file.fingerprint.as_deref().unwrap_or("unidentified");
-        let mut id_prefix = std::borrow::Cow::Borrowed(fp);
-        if file.epoch > 0 {
-            id_prefix = std::borrow::Cow::Owned(format!("{fp}~{}", file.epoch));
-        }
         let line = encode::ContainerLine {
-            id_prefix: &id_prefix,
+            fingerprint: file.fingerprint.as_deref().unwrap_or(UNIDENTIFIED),
+            epoch: file.epoch,
             offset,
             piece,
             timestamp,
@@ -1294,7 +1285,7 @@ impl Output {
             flags.push(Flag::InvalidUtf8);
         }
         let text = text.into_owned();
-        self.push_raw_text(file, offset, piece, "", &text, error, flags);
+        self.push_raw_text(file, offset, piece, None, &text, error, flags);
     }
 
     /// A line kept as is because it did not parse (or is a piece of one).
@@ -1304,7 +1295,7 @@ impl Output {
         file: &TailedFile,
         offset: u64,
         piece: u32,
-        suffix: &str,
+        item: Option<usize>,
         text: &str,
         error: Option<String>,
         mut flags: Vec<Flag>,
@@ -1317,16 +1308,7 @@ impl Output {
             Kind::Audit => SourceKind::Audit,
             Kind::Container => SourceKind::Container,
         };
-        let envelope = self.envelope(
-            file,
-            offset,
-            piece,
-            suffix,
-            source,
-            Utc::now(),
-            flags,
-            error,
-        );
+        let envelope = self.envelope(file, offset, piece, item, source, Utc::now(), flags, error);
         let meta = self.pod_meta(file);
         let record = envelope.with_event(ContainerBody {
             message: std::borrow::Cow::Borrowed(text),
@@ -1348,25 +1330,21 @@ impl Output {
         file: &TailedFile,
         offset: u64,
         piece: u32,
-        suffix: &str,
+        item: Option<usize>,
         source: SourceKind,
         timestamp: chrono::DateTime<Utc>,
         flags: Vec<Flag>,
         parse_error: Option<String>,
     ) -> RawRecord {
-        let fp = file.fingerprint.as_deref().unwrap_or("unidentified");
-        let epoch = if file.epoch > 0 {
-            format!("~{}", file.epoch)
-        } else {
-            String::new()
-        };
-        let id = if piece > 0 {
-            format!("{fp}{epoch}:{offset}.{piece}{suffix}")
-        } else {
-            format!("{fp}{epoch}:{offset}{suffix}")
+        let id = RecordId::File {
+            fingerprint: file.fingerprint.as_deref().unwrap_or(UNIDENTIFIED),
+            epoch: file.epoch,
+            offset,
+            piece,
+            item,
         };
         Record {
-            id,
+            id: id.to_string(),
             source,
             timestamp,
             cluster: self.cluster.clone(),
@@ -1852,14 +1830,14 @@ mod tests {
             if invalid {
                 with_invalid.push(Flag::InvalidUtf8);
             }
-            let id_prefix = format!("abc{epoch_part}");
             let mut ours = Vec::new();
             encode::container(
                 &mut ours,
                 &cluster_node(cluster, "n1"),
                 &parts,
                 &encode::ContainerLine {
-                    id_prefix: &id_prefix,
+                    fingerprint: "abc",
+                    epoch,
                     offset: 42,
                     piece,
                     timestamp: &timestamp,

@@ -137,11 +137,12 @@ pub fn webhook_batch(
             Some(Ids {
                 auditID: Some(audit_id),
                 stage,
-            }) if error.is_none() => format!("audit:{audit_id}:{}", stage.unwrap_or_default()),
-            _ => format!(
-                "audit:raw:{}",
-                crate::hash::hex(crate::hash::fnv64(raw.as_bytes()))
-            ),
+            }) if error.is_none() => crate::RecordId::AuditEvent {
+                audit_id: &audit_id,
+                stage: &stage.unwrap_or_default(),
+            }
+            .to_string(),
+            _ => crate::RecordId::AuditRaw { text: raw }.to_string(),
         };
         let mut flags = Vec::new();
         if error.is_some() {

@@ -6,7 +6,8 @@
 //! - [`cri`], [`docker`], [`partial`]: container log line parsers and the
 //!   merger for partial lines;
 //! - [`audit`]: Kubernetes `audit.k8s.io` Event / EventList parsing;
-//! - [`hash`]: the hash of persisted values (FNV-1a);
+//! - [`id`]: every shape of a record's id; [`hash`]: the hash of persisted
+//!   values (FNV-1a);
 //! - [`path`]: pod / namespace / container metadata from kubelet log paths;
 //! - [`wire`]: the NDJSON + zstd batch format and its bounded decoder;
 //! - [`tree`]: an event's JSON as a tree borrowing from its batch, which the
@@ -20,6 +21,7 @@ pub mod cri;
 pub mod docker;
 mod error;
 pub mod hash;
+pub mod id;
 pub mod partial;
 pub mod path;
 pub mod record;
@@ -28,4 +30,5 @@ pub mod tree;
 pub mod wire;
 
 pub use error::Error;
+pub use id::RecordId;
 pub use record::{Flag, Record, SourceKind, Stream};

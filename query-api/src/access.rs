@@ -35,8 +35,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
-use ward_event::SourceKind;
 use ward_event::wire::DecodedRecord;
+use ward_event::{RecordId, SourceKind};
 
 use crate::auth::{Action, Caller};
 use crate::{ApiError, AppState};
@@ -429,12 +429,12 @@ fn ward_record(event: Value, now: DateTime<Utc>) -> DecodedRecord {
         _ => Map::new(),
     };
     DecodedRecord {
-        id: format!(
-            "ward-api/{}/{}/{}",
-            std::process::id(),
-            now.timestamp_nanos_opt().unwrap_or(0),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ),
+        id: RecordId::WardApi {
+            pid: std::process::id(),
+            nanos: now.timestamp_nanos_opt().unwrap_or(0),
+            seq: SEQ.fetch_add(1, Ordering::Relaxed),
+        }
+        .to_string(),
         source: SourceKind::Ward,
         timestamp: now,
         cluster: None,
