@@ -19,13 +19,13 @@ const FILE_NAME: &str = "checkpoints.json";
 /// Checkpoints of files no longer tailed are forgotten after this long
 /// without moving (long after any restart could need them). A compressed
 /// rotated file last written within this long and unknown to the
-/// checkpoints therefore cannot have been delivered (see `tail`).
+/// checkpoints therefore cannot have been delivered (see `tail::rotated`).
 pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(6 * 3600);
 
 /// Where to resume reading one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilePosition {
-    /// The file's identity (see `tail::fingerprint`).
+    /// The file's identity (see `tail::identity::fingerprint`).
     pub fingerprint: String,
     /// The path it was last seen at (for humans; identity is the fingerprint).
     pub path: String,
@@ -36,7 +36,7 @@ pub struct FilePosition {
     /// new ids, and positions of a newer epoch replace older ones.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub epoch: u32,
-    /// Hash of the bytes just before `offset` (see `tail::tail_hash`): on
+    /// Hash of the bytes just before `offset` (see `tail::identity::tail_hash`): on
     /// resume, a file whose bytes there differ was truncated or rewritten
     /// and is read again from the start rather than skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,9 +60,9 @@ struct OnDisk {
 const IDENTITIES: &str = "identities.json";
 
 /// Identities of files read in this run, saved before any of their lines
-/// is sent (see `tail`): the checkpoints only learn a file once a batch of
-/// it was acknowledged, and a file that is gzipped before that (which
-/// changes its inode) could not be matched to what was sent of it.
+/// is sent (see `tail::rotated`): the checkpoints only learn a file once a
+/// batch of it was acknowledged, and a file that is gzipped before that
+/// (which changes its inode) could not be matched to what was sent of it.
 pub(crate) fn load_identities(state_dir: &Path) -> Result<Vec<FilePosition>, Error> {
     let path = state_dir.join(IDENTITIES);
     match std::fs::read(&path) {
