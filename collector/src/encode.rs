@@ -153,11 +153,9 @@ pub struct FileParts {
 
 /// One whole container line.
 pub struct ContainerLine<'a> {
-    /// The file's, for the record's id ([`RecordId::File`]).
-    pub fingerprint: &'a str,
-    pub epoch: u32,
+    pub id: RecordId<'a>,
+    /// The line's byte offset in its file (also in `id`).
     pub offset: u64,
-    pub piece: u32,
     pub timestamp: &'a DateTime<Utc>,
     pub stream: Stream,
     /// UTF-8 (invalid bytes already replaced, and flagged).
@@ -169,14 +167,7 @@ pub struct ContainerLine<'a> {
 /// `,"cluster":"…","node":"…"` (each only if set).
 pub fn container(out: &mut Vec<u8>, cluster_node: &[u8], file: &FileParts, line: &ContainerLine) {
     out.extend_from_slice(b"{\"id\":\"");
-    let id = RecordId::File {
-        fingerprint: line.fingerprint,
-        epoch: line.epoch,
-        offset: line.offset,
-        piece: line.piece,
-        item: None,
-    };
-    id.write_to(out);
+    line.id.write_to(out);
     out.extend_from_slice(b"\",\"source\":\"container\",\"timestamp\":");
     timestamp(out, line.timestamp);
     out.extend_from_slice(cluster_node);

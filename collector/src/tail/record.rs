@@ -324,10 +324,8 @@ impl BatchEncoder {
             flags
         };
         let line = encode::ContainerLine {
-            fingerprint: file.fingerprint.as_deref().unwrap_or(UNIDENTIFIED),
-            epoch: file.epoch,
+            id: record_id(file, offset, piece, None),
             offset,
-            piece,
             timestamp,
             stream,
             message: &message,
@@ -404,15 +402,8 @@ impl BatchEncoder {
         flags: Vec<Flag>,
         parse_error: Option<String>,
     ) -> RawRecord {
-        let id = RecordId::File {
-            fingerprint: file.fingerprint.as_deref().unwrap_or(UNIDENTIFIED),
-            epoch: file.epoch,
-            offset,
-            piece,
-            item,
-        };
         Record {
-            id: id.to_string(),
+            id: record_id(file, offset, piece, item).to_string(),
             source,
             timestamp,
             cluster: self.records.cluster.clone(),
@@ -442,6 +433,17 @@ impl BatchEncoder {
         }
         self.records.merged = merged;
         self.note_position(file);
+    }
+}
+
+/// The id of a record from `file`'s line at `offset`.
+fn record_id(file: &TailedFile, offset: u64, piece: u32, item: Option<usize>) -> RecordId<'_> {
+    RecordId::File {
+        fingerprint: file.fingerprint.as_deref().unwrap_or(UNIDENTIFIED),
+        epoch: file.epoch,
+        offset,
+        piece,
+        item,
     }
 }
 
@@ -550,10 +552,14 @@ mod tests {
                 &cluster_node(cluster, "n1"),
                 &parts,
                 &encode::ContainerLine {
-                    fingerprint: "abc",
-                    epoch,
+                    id: RecordId::File {
+                        fingerprint: "abc",
+                        epoch,
+                        offset: 42,
+                        piece,
+                        item: None,
+                    },
                     offset: 42,
-                    piece,
                     timestamp: &timestamp,
                     stream: Stream::Stderr,
                     message: &text,
