@@ -11,7 +11,8 @@
 //! - [`store`]: the single writer with group commit, replay detection,
 //!   retention, and search over partitions;
 //! - [`page`]: time-ordered pages and their cursors (search-after);
-//! - [`tail`]: live tail of committed records;
+//! - [`live_tail`]: live tail of committed records (not to be confused
+//!   with the collector's `tail`, which follows files);
 //! - [`partition`]: one tantivy index per UTC day, and the data directory's layout;
 //! - [`aggregate`]: date histograms and terms top-N within a budget;
 //! - [`cancel`]: cooperative cancellation of queries whose request timed out;
@@ -34,6 +35,7 @@ pub mod chain;
 pub mod compile;
 pub mod document;
 mod error;
+pub mod live_tail;
 pub mod page;
 pub mod partition;
 pub mod query;
@@ -41,7 +43,6 @@ pub mod redact;
 pub mod schema;
 pub mod snapshot;
 pub mod store;
-pub mod tail;
 /// Event trees live in `ward-event`, shared with the rules engine.
 pub use ward_event::tree;
 pub mod verify;

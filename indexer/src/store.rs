@@ -53,10 +53,10 @@ use writer::{Writer, WriterMsg};
 
 use crate::Error;
 use crate::chain::{self, ChainFile, EntryBody};
+use crate::live_tail::TailFeed;
 use crate::partition;
 use crate::redact::Redactor;
 use crate::schema::WardSchema;
-use crate::tail::TailFeed;
 
 /// The index and its writer. Cheap to clone.
 #[derive(Clone)]

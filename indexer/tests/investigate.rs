@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use ward_event::wire::DecodedRecord;
 use ward_event::{Record, SourceKind};
 use ward_indexer::aggregate::{AggregateRequest, AggregationBudget, Interval};
-use ward_indexer::tail::TailEvent;
+use ward_indexer::live_tail::TailEvent;
 use ward_indexer::{Error, SearchRequest, SortOrder, Store, StoreConfig};
 
 /// 2026-11-23T23:00:00Z: an hour before midnight, so that records spread

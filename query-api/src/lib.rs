@@ -16,10 +16,10 @@ pub mod auth;
 mod error;
 mod export;
 mod ingest;
+mod live_tail;
 mod metrics;
 mod rules;
 mod search;
-mod tail;
 #[cfg(test)]
 mod test_support;
 mod timeline;
@@ -200,7 +200,7 @@ fn api_routes(state: AppState) -> Router<AppState> {
         )
         .route(
             "/api/v1/tail",
-            get(tail::tail).layer(guard(Action::Tail, true)),
+            get(live_tail::tail).layer(guard(Action::Tail, true)),
         )
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics::metrics))

@@ -19,9 +19,9 @@ use super::search::{View, Views, reader_of};
 use super::{StoreConfig, StoreStats};
 use crate::Error;
 use crate::chain::{self, ChainFile, CommitPayload, Digest32, EntryBody};
+use crate::live_tail::TailFeed;
 use crate::partition::{self, Day};
 use crate::schema::WardSchema;
-use crate::tail::TailFeed;
 
 /// What the writer answers for one batch: (duplicates, expired) or why it failed.
 pub(super) type Ack = oneshot::Sender<Result<(usize, usize), String>>;

@@ -1,5 +1,5 @@
 //! `GET /api/v1/tail?q=`: matching records as Server-Sent Events, as they
-//! are committed (see `ward_indexer::tail` for how matching works).
+//! are committed (see `ward_indexer::live_tail` for how matching works).
 //!
 //! Events: `hit` (data: one record's JSON) and `lagged` (data:
 //! `{"skipped": n}`, commits this tail did not see because it or the
@@ -13,7 +13,7 @@ use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use ward_indexer::tail::TailEvent;
+use ward_indexer::live_tail::TailEvent;
 
 use crate::auth::Caller;
 use crate::{ApiError, AppState};
