@@ -22,7 +22,7 @@ use tantivy::directory::MmapDirectory;
 use tantivy::{Index, IndexWriter, TantivyDocument};
 use ward_event::audit::{self, Parsed};
 use ward_event::wire::{self, BatchWriter, RawRecord};
-use ward_event::{Record, SourceKind};
+use ward_event::{Record, RecordId, SourceKind};
 use ward_indexer::document::{Prepared, TreeRecord};
 use ward_indexer::schema::WardSchema;
 use ward_indexer::{Store, StoreConfig};
@@ -155,7 +155,14 @@ pub fn corpus_of(
         let timestamp = audit::event_time(&event).unwrap_or_else(Utc::now);
         let raw = serde_json::to_string(&event).expect("a Map serializes");
         let record: RawRecord = Record {
-            id: format!("bench0000000000000000:{offset}"),
+            id: RecordId::File {
+                fingerprint: "bench0000000000000000",
+                epoch: 0,
+                offset,
+                piece: 0,
+                item: None,
+            }
+            .to_string(),
             source: SourceKind::Audit,
             timestamp,
             cluster: Some("bench".into()),
