@@ -28,7 +28,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use ward_e2e::{Process, append, free_port, scrape, start_indexer, wait_until};
+use ward_e2e::proc::{cores, cpu_time as cpu_of, loadavg, status_kib};
+use ward_e2e::{Process, append, args, free_port, scrape, start_indexer, wait_until};
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -62,28 +63,8 @@ enum Bench {
     },
 }
 
-/// User + system CPU time of a process, from `/proc/<pid>/stat`.
-fn cpu_of(pid: u32) -> Duration {
-    const TICKS_PER_SEC: u64 = 100; // USER_HZ
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<u64> = rest
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    // After the command: state is field 0, utime 11 and stime 12.
-    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 1000 / TICKS_PER_SEC)
-}
-
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
+    status_kib(pid, "VmRSS") as f64 / 1024.0
 }
 
 /// CPU of `pid` while `work` runs, as (CPU time, wall time).
@@ -127,7 +108,7 @@ fn files_bench(files: usize, secs: u64, rate: u64, bulk_mib: u64) {
     let _indexer = start_indexer("indexer", dir.path(), port, &[]);
     let url = format!("http://127.0.0.1:{port}");
     ward_e2e::Client::new(&url).wait_healthy(Duration::from_secs(60));
-    let args: Vec<String> = [
+    let args = args(&[
         "collector",
         "--indexer",
         &url,
@@ -139,10 +120,7 @@ fn files_bench(files: usize, secs: u64, rate: u64, bulk_mib: u64) {
         "bench",
         "--metrics-listen",
         &format!("127.0.0.1:{metrics_port}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let collector = Process::start("collector", dir.path(), &args);
     let pid = collector.pid().expect("collector pid");
     let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
@@ -239,16 +217,13 @@ fn files_bench(files: usize, secs: u64, rate: u64, bulk_mib: u64) {
 fn up_bench(secs: u64, settle: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let args: Vec<String> = [
+    let args = args(&[
         "up",
         "--data",
         &dir.path().join("data").display().to_string(),
         "--listen",
         &format!("127.0.0.1:{port}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let up = Process::start("up", dir.path(), &args);
     let pid = up.pid().expect("ward up pid");
     ward_e2e::Client::new(format!("http://127.0.0.1:{port}")).wait_healthy(Duration::from_secs(60));
@@ -262,19 +237,6 @@ fn up_bench(secs: u64, settle: u64) {
         share(cpu, wall),
         rss_mib(pid)
     );
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn main() {

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use ward_e2e::proc::status_kib;
 use ward_e2e::{Process, free_port, start_indexer};
 
 #[derive(Debug, Parser)]
@@ -36,15 +37,6 @@ struct Args {
     batch: u64,
     #[arg(long, default_value_t = 500_000)]
     sample_every: u64,
-}
-
-fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The least `key` of `pid` over 3 s without ingest, sampled every 100 ms.

@@ -3,6 +3,8 @@
 //!
 //! Nothing here is mocked: the tests see what an operator would see.
 
+pub mod proc;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,6 +65,11 @@ pub fn json_lines(out: &std::process::Output) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
+}
+
+/// Command-line arguments from string slices.
+pub fn args(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
 }
 
 /// A loopback port that was free a moment ago.
