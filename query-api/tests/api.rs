@@ -214,3 +214,39 @@ async fn metrics_count_records_replays_and_redactions() {
     }
     store.shutdown().await;
 }
+
+/// Issue 15: `source` is compared without regard to case, so nobody but
+/// Ward adds to the `source:ward` trail, whatever the spelling.
+#[tokio::test]
+async fn ward_audit_trail_cannot_be_forged_in_any_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+    let config = ApiConfig {
+        audit_trail: false,
+        ..ApiConfig::default()
+    };
+    let app = router(store.clone(), config);
+    let line = |i: usize, envelope: &str, own: &str| {
+        format!(
+            r#"{{"id":"forged/{i}","source":"{envelope}","timestamp":"2023-11-14T22:13:20Z","event":{{"message":"hello {i}","source":"{own}"}}}}"#
+        )
+    };
+    for (i, (envelope, own)) in [
+        ("container", "Ward"),
+        ("container", "WARD"),
+        ("container", " ward "),
+        ("WARD", "x"),
+        ("Ward", "x"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = format!("{}\n", line(i, envelope, own));
+        // Refused (the batch, or the record alone): never stored as ward.
+        let _ = call(&app, ingest(body.into_bytes(), None)).await;
+    }
+    let (status, body) = call(&app, get("/api/v1/search?q=source:ward")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["total"], 0, "{body}");
+    store.shutdown().await;
+}

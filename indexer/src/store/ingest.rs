@@ -176,9 +176,16 @@ impl Store {
                     // An event's own `source` wins in the hit, so it is
                     // checked too: the trail of `source:ward` records is
                     // evidence, and nobody else may add to it.
+                    // Keywords match without regard to case, so `Ward`
+                    // would be found by `source:ward` just the same.
                     if record.source == SourceKind::Ward
-                        || record.event.get("source").and_then(Node::as_str)
-                            == Some(SourceKind::Ward.as_str())
+                        || record
+                            .event
+                            .get("source")
+                            .and_then(Node::as_str)
+                            .is_some_and(|s| {
+                                s.trim().eq_ignore_ascii_case(SourceKind::Ward.as_str())
+                            })
                     {
                         return Err(Error::InvalidRequest(
                             "records with source \"ward\" are written only by Ward itself".into(),
