@@ -233,6 +233,15 @@ impl AlertStore {
     /// 100,000 alerts, see the crate docs), fine for a page an analyst
     /// opens now and then.
     pub fn rule_counts(&self) -> Result<BTreeMap<String, RuleAlertCounts>, Error> {
+        self.rule_counts_visible_to(None)
+    }
+
+    /// [`AlertStore::rule_counts`] of the alerts a caller limited to
+    /// `namespaces` may see ([`StoredAlert::visible_to`]).
+    pub fn rule_counts_visible_to(
+        &self,
+        namespaces: Option<&[String]>,
+    ) -> Result<BTreeMap<String, RuleAlertCounts>, Error> {
         let txn = self.db.begin_read().map_err(db)?;
         let table = txn.open_table(ALERTS).map_err(db)?;
         let versions = txn.open_table(RULE_VERSIONS).map_err(db)?;
@@ -248,7 +257,14 @@ impl AlertStore {
             }
         };
         for entry in table.iter().map_err(db)? {
-            let (_, value) = entry.map_err(db)?;
+            let (id, value) = entry.map_err(db)?;
+            if namespaces.is_some() {
+                let alert = self.decode(&versions, id.value(), value.value())?;
+                if alert.visible_to(namespaces) {
+                    count(&alert.rule_id, alert.status);
+                }
+                continue;
+            }
             match Stored::decode(value.value())? {
                 Stored::Row(row) => {
                     let version = self.versions.get(&versions, row.rule)?;

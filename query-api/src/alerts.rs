@@ -13,6 +13,10 @@
 //!   runs rules (the indexer's live rules when none are given) over the
 //!   audit events indexed in `[start, end)` and returns the alerts without
 //!   storing them. Same token rule as status changes;
+//!
+//! A caller limited to namespaces sees and changes only the alerts of
+//! them, as search does ([`StoredAlert::visible_to`]): another
+//! namespace's alert, or a cluster-scoped one, is a 404 to it.
 //! - `GET /api/v1/alerts/export`: the whole store as NDJSON
 //!   ([`AlertStore::export`]) for backups and `ward snapshot`; admin
 //!   tokens only (without a namespace scope: it is every alert).
@@ -96,6 +100,7 @@ fn parse<T: std::str::FromStr<Err = String>>(
 
 pub(crate) async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ListResponse>, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -108,6 +113,7 @@ pub(crate) async fn list(
         start: parse_time("start", p.start.as_deref())?,
         end: parse_time("end", p.end.as_deref())?,
         limit: p.limit.unwrap_or(DEFAULT_LIMIT),
+        namespaces: caller.namespaces.clone(),
     };
     let store = api.store.clone();
     let alerts = blocking(move || store.list(&filter)).await?;
@@ -119,11 +125,30 @@ pub(crate) async fn list(
 
 pub(crate) async fn get_one(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<StoredAlert>, ApiError> {
     let id = parse_id(&id)?;
     let store = alerts(&state)?.store.clone();
-    Ok(Json(blocking(move || store.get(id)).await?))
+    let scope = caller.namespaces;
+    Ok(Json(
+        blocking(move || visible(&store, id, scope.as_deref())).await?,
+    ))
+}
+
+/// The alert, when the caller's scope lets it see it; else as if there
+/// were none (404), so a scoped caller learns nothing of other alerts.
+fn visible(
+    store: &AlertStore,
+    id: u64,
+    namespaces: Option<&[String]>,
+) -> Result<StoredAlert, ward_alerts::Error> {
+    let alert = store.get(id)?;
+    if alert.visible_to(namespaces) {
+        Ok(alert)
+    } else {
+        Err(ward_alerts::Error::NotFound(id))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +161,7 @@ pub(crate) struct StatusBody {
 
 pub(crate) async fn set_status(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Json<StatusBody>, axum::extract::rejection::JsonRejection>,
@@ -160,8 +186,14 @@ pub(crate) async fn set_status(
     }
     tracing::info!(alert_id = id, status = status.as_str(), by = %by, "alert status changed");
     let comment = body.comment;
+    let scope = caller.namespaces;
     Ok(Json(
-        blocking(move || store.set_status(id, status, &by, comment)).await?,
+        blocking(move || {
+            // An alert's namespace never changes: checked, then changed.
+            visible(&store, id, scope.as_deref())?;
+            store.set_status(id, status, &by, comment)
+        })
+        .await?,
     ))
 }
 
@@ -700,6 +732,114 @@ mod tests {
         ] {
             assert_eq!(get(token).await.unwrap().status(), want, "{token:?}");
         }
+        f.store.shutdown().await;
+    }
+
+    /// The exec into `default/nginx…` and a cluster-scoped binding to
+    /// cluster-admin, as one webhook call.
+    async fn ingest_exec_and_cluster_binding(app: &Router, token: &str) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/falco-traces");
+        let items: Vec<Value> = ["exec_pod.json", "attach_cluster_admin_role.json"]
+            .iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(dir.join(f)).unwrap();
+                serde_json::from_str(text.lines().next().unwrap()).unwrap()
+            })
+            .collect();
+        let list = json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items});
+        let (status, body) = call(app, "POST", "/api/v1/k8s/audit", Some(token), Some(list)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// Issue 15: a namespace-scoped token listed, read and closed every
+    /// alert.
+    #[tokio::test]
+    async fn scopes_hold_on_alerts() {
+        let f = setup(Some(
+            "collector:collector-token-1234567\nanalyst/all:analyst-token-1234567\nanalyst/dee@default:default-token-1234567\nanalyst/sam@shop:shop-token-1234567890\n",
+        ));
+        ingest_exec_and_cluster_binding(&f.app, "collector-token-1234567").await;
+        let list = |token: &'static str| {
+            let app = f.app.clone();
+            async move {
+                let (status, body) = call(&app, "GET", "/api/v1/alerts", Some(token), None).await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                body["alerts"].as_array().unwrap().clone()
+            }
+        };
+        let all = list("analyst-token-1234567").await;
+        let cluster = all
+            .iter()
+            .find(|a| a["namespace"].is_null())
+            .expect("a cluster-scoped alert")
+            .clone();
+        let in_default = all
+            .iter()
+            .find(|a| a["namespace"] == "default")
+            .expect("an alert in default")
+            .clone();
+        let dee = list("default-token-1234567").await;
+        assert!(!dee.is_empty());
+        assert!(dee.iter().all(|a| a["namespace"] == "default"), "{dee:?}");
+        assert!(list("shop-token-1234567890").await.is_empty());
+
+        let cluster_id = cluster["id"].as_u64().unwrap();
+        let default_id = in_default["id"].as_u64().unwrap();
+        for (token, id, want) in [
+            ("shop-token-1234567890", default_id, StatusCode::NOT_FOUND),
+            ("default-token-1234567", cluster_id, StatusCode::NOT_FOUND),
+            ("default-token-1234567", default_id, StatusCode::OK),
+            ("analyst-token-1234567", cluster_id, StatusCode::OK),
+        ] {
+            let uri = format!("/api/v1/alerts/{id}");
+            assert_eq!(
+                call(&f.app, "GET", &uri, Some(token), None).await.0,
+                want,
+                "{token} {id}"
+            );
+            let body = json!({"status": "closed"});
+            let (status, _) = call(
+                &f.app,
+                "POST",
+                &format!("{uri}/status"),
+                Some(token),
+                Some(body),
+            )
+            .await;
+            assert_eq!(status, want, "status of {id} by {token}");
+        }
+        let (_, unchanged) = call(
+            &f.app,
+            "GET",
+            &format!("/api/v1/alerts/{default_id}"),
+            Some("analyst-token-1234567"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            unchanged["history"].as_array().unwrap().len(),
+            2,
+            "only dee's change"
+        );
+
+        // Rule counts and timelines count only what the scope may see.
+        let (_, rules) = call(
+            &f.app,
+            "GET",
+            "/api/v1/rules",
+            Some("shop-token-1234567890"),
+            None,
+        )
+        .await;
+        let counted: u64 = rules["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["alerts"].as_u64().unwrap())
+            .sum();
+        assert_eq!(counted, 0, "{rules}");
+
         f.store.shutdown().await;
     }
 

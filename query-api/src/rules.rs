@@ -15,6 +15,7 @@ use ward_alerts::{RuleAlertCounts, RuleLoadError};
 use ward_rules::{Level, RuleSource};
 
 use crate::alerts::{alerts, blocking};
+use crate::auth::Caller;
 use crate::{ApiError, AppState};
 
 #[derive(Debug, Serialize)]
@@ -60,10 +61,15 @@ fn source_parts(source: &RuleSource) -> (&'static str, String) {
     }
 }
 
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<RulesResponse>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<RulesResponse>, ApiError> {
     let api = alerts(&state)?;
     let store = api.store.clone();
-    let counts = blocking(move || store.rule_counts()).await?;
+    // A scoped caller counts only the alerts it may see.
+    let scope = caller.namespaces;
+    let counts = blocking(move || store.rule_counts_visible_to(scope.as_deref())).await?;
     let Some(tap) = api.tap.as_ref() else {
         return Ok(Json(RulesResponse {
             enabled: false,

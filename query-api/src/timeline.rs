@@ -173,7 +173,7 @@ pub(crate) async fn timeline(
     let page = state.store.search(request).await?;
     caller.record_count(page.hits.len() as u64);
     let related = related(&page.hits);
-    let alerts = alerts_of(&state, &page.hits).await?;
+    let alerts = alerts_of(&state, &caller, &page.hits).await?;
     Ok(Json(TimelineResponse {
         entity: params.entity,
         total: page.total,
@@ -185,7 +185,11 @@ pub(crate) async fn timeline(
 }
 
 /// The stored alerts raised by these events, oldest first.
-async fn alerts_of(state: &AppState, hits: &[SearchHit]) -> Result<Vec<TimelineAlert>, ApiError> {
+async fn alerts_of(
+    state: &AppState,
+    caller: &Caller,
+    hits: &[SearchHit],
+) -> Result<Vec<TimelineAlert>, ApiError> {
     let Some(api) = &state.options.alerts else {
         return Ok(Vec::new());
     };
@@ -216,6 +220,7 @@ async fn alerts_of(state: &AppState, hits: &[SearchHit]) -> Result<Vec<TimelineA
         start: Some(first - TimeDelta::days(1)),
         end: Some(last + TimeDelta::days(1)),
         limit: ward_alerts::MAX_LIMIT,
+        namespaces: caller.namespaces.clone(),
         ..AlertFilter::default()
     };
     let store = api.store.clone();

@@ -95,6 +95,30 @@ pub struct StoredAlert {
     pub history: Vec<StatusChange>,
 }
 
+impl StoredAlert {
+    /// Whether a caller limited to `namespaces` may see this alert, by
+    /// the rule search applies to events: an alert of a namespace in the
+    /// scope. Cluster-scoped alerts (no namespace) are for unscoped callers
+    /// only, and so are correlations not grouped by the namespace: their
+    /// window may hold other namespaces' events (ids, users, group-by
+    /// values).
+    pub fn visible_to(&self, namespaces: Option<&[String]>) -> bool {
+        let Some(scope) = namespaces else {
+            return true;
+        };
+        let in_scope = |ns: &str| scope.iter().any(|s| s == ns);
+        let own = self.namespace.as_deref().is_some_and(in_scope);
+        if !self.correlation {
+            return own;
+        }
+        let grouped = self.group.as_ref().and_then(|g| {
+            g.get("objectRef.namespace")
+                .or_else(|| g.get("kubernetes.namespace"))
+        });
+        own && matches!(grouped, Some(Some(ns)) if in_scope(ns))
+    }
+}
+
 /// An alert the rules raised, with what the event adds to it.
 #[derive(Debug, Clone)]
 pub struct NewAlert {
@@ -216,6 +240,9 @@ pub struct AlertFilter {
     /// Event time, exclusive.
     pub end: Option<DateTime<Utc>>,
     pub limit: usize,
+    /// A caller's namespace scope: only alerts it may see
+    /// ([`StoredAlert::visible_to`]); `None` for every alert.
+    pub namespaces: Option<Vec<String>>,
 }
 
 impl AlertFilter {
@@ -226,5 +253,6 @@ impl AlertFilter {
             && self.status.is_none_or(|s| a.status == s)
             && self.start.is_none_or(|t| a.timestamp >= t)
             && self.end.is_none_or(|t| a.timestamp < t)
+            && a.visible_to(self.namespaces.as_deref())
     }
 }
