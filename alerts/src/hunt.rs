@@ -1,24 +1,25 @@
 //! Retro-hunts: rules over already indexed audit events in a time range.
 //!
 //! The range is cut into windows of record time; each window is read from
-//! the index newest first in pages ([`Store::search_blocking`]), then
+//! the index newest first in pages ([`Store::page_blocking`] with the
+//! store's cursor, which pages by the index's own (time, `_tie`) order, so
+//! no record is skipped or seen twice even when many share a timestamp or
+//! a record's own `timestamp` field differs from its indexed time), then
 //! evaluated oldest first through one [`Engine`], so correlations see the
 //! events in time order across windows and memory is bounded by one
-//! window. Pages overlap by one timestamp: the next page ends just after
-//! the oldest timestamp of the previous one, and the records already taken
-//! at that instant (by `ward.id`) are skipped, so none is missed or seen
-//! twice even when many records share a timestamp.
+//! window.
+//!
+//! A hunt reads only what its caller may search (the namespace scope), and
+//! stops when its [`Cancel`] is cancelled (the request timed out, the
+//! client left). Its window and alert count are bounded ([`MAX_WINDOW`],
+//! [`MAX_ALERTS`]).
 //!
 //! Alerts are returned, not stored.
 
-use std::borrow::Cow;
-use std::collections::HashSet;
-
 use chrono::{DateTime, TimeDelta, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use ward_indexer::tree::Object;
-use ward_indexer::{SearchRequest, Store};
+use serde::Serialize;
+use ward_indexer::tree::{self, Node, Object};
+use ward_indexer::{Cancel, SearchHit, SearchRequest, SortOrder, Store};
 use ward_rules::{Alert, Engine, RuleSet};
 
 use crate::error::Error;
@@ -35,7 +36,17 @@ pub struct HuntRequest {
     pub window: TimeDelta,
     /// Stop after this many alerts (the answer says it was truncated).
     pub max_alerts: usize,
+    /// The caller's namespace scope: only these namespaces' events are read.
+    pub namespaces: Option<Vec<String>>,
+    /// Stops the hunt between pages and events once cancelled.
+    pub cancel: Cancel,
 }
+
+/// Longest window (a window's events are held in memory at once).
+pub const MAX_WINDOW: TimeDelta = TimeDelta::days(1);
+
+/// Most alerts one hunt may return.
+pub const MAX_ALERTS: usize = 100_000;
 
 /// One alert of a hunt, with the record that raised it.
 #[derive(Debug, Clone, Serialize)]
@@ -63,8 +74,16 @@ pub fn hunt(index: &Store, rules: RuleSet, request: &HuntRequest) -> Result<Hunt
     if request.end <= request.start {
         return Err(Error::InvalidRequest("end must be after start".into()));
     }
-    if request.window <= TimeDelta::zero() {
-        return Err(Error::InvalidRequest("window must be positive".into()));
+    if request.window <= TimeDelta::zero() || request.window > MAX_WINDOW {
+        return Err(Error::InvalidRequest(format!(
+            "window must be positive and at most {} seconds",
+            MAX_WINDOW.num_seconds()
+        )));
+    }
+    if request.max_alerts > MAX_ALERTS {
+        return Err(Error::InvalidRequest(format!(
+            "max_alerts must be at most {MAX_ALERTS}"
+        )));
     }
     // Each window is one search: a tiny window over a long range would keep
     // a blocking thread busy long after the request timed out.
@@ -83,16 +102,31 @@ pub fn hunt(index: &Store, rules: RuleSet, request: &HuntRequest) -> Result<Hunt
     let mut out = Vec::new();
     let mut from = request.start;
     while from < request.end {
-        let to = (from + request.window).min(request.end);
-        let mut events = read_window(index, from, to)?;
+        let to = from
+            .checked_add_signed(request.window)
+            .map_or(request.end, |t| t.min(request.end));
+        let mut events = read_window(index, request, from, to)?;
         events.reverse();
-        for (time, id, raw) in &events {
+        for (n, raw) in events.iter().enumerate() {
+            if n % 1024 == 1023 && request.cancel.is_cancelled() {
+                return Err(ward_indexer::Error::Cancelled.into());
+            }
             // A window keeps text; the tree is built when its turn comes.
             let Ok(event) = serde_json::from_str::<Object>(raw.get()) else {
                 continue;
             };
             report.events += 1;
-            let time = ward_rules::tree_event_time(&event).unwrap_or(*time);
+            let Some(time) = ward_rules::tree_event_time(&event).or_else(|| record_time(&event))
+            else {
+                continue;
+            };
+            let id = event
+                .get("ward")
+                .and_then(Node::as_members)
+                .and_then(|w| tree::get(w, "id"))
+                .and_then(Node::as_str)
+                .unwrap_or_default()
+                .to_owned();
             out.clear();
             engine.process_tree(&event, time, &mut out);
             for alert in out.drain(..) {
@@ -111,106 +145,52 @@ pub fn hunt(index: &Store, rules: RuleSet, request: &HuntRequest) -> Result<Hunt
     Ok(report)
 }
 
-/// A stored record's time, id, and text (parsed into a tree when its turn
-/// comes, so that a window holds text, not trees).
-type Record = (DateTime<Utc>, String, Box<RawValue>);
-
-/// Every audit record in `[from, to)`, newest first.
+/// Every audit record in `[from, to)` the caller may read, newest first,
+/// as stored text (parsed into a tree when its turn comes, so that a
+/// window holds text, not trees).
 fn read_window(
     index: &Store,
+    request: &HuntRequest,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-) -> Result<Vec<Record>, Error> {
+) -> Result<Vec<SearchHit>, Error> {
     let mut records = Vec::new();
-    let mut upper = to;
-    // Records already taken at the oldest timestamp of the previous page.
-    let mut boundary: Option<DateTime<Utc>> = None;
-    let mut taken_at_boundary: HashSet<String> = HashSet::new();
-    let mut skipped = 0u64;
+    let mut page_request = SearchRequest {
+        query: "source:audit".into(),
+        start: Some(from),
+        end: Some(to),
+        limit: PAGE,
+        order: SortOrder::Newest,
+        cursor: None,
+        namespaces: request.namespaces.clone(),
+        cancel: request.cancel.clone(),
+    };
     loop {
-        let page = index.search_blocking(&SearchRequest {
-            query: "source:audit".into(),
-            start: Some(from),
-            end: Some(upper),
-            limit: PAGE,
-            ..SearchRequest::default()
-        })?;
-        let n = page.hits.len();
-        let mut progressed = false;
-        let mut oldest = None;
-        for raw in page.hits {
-            let Some((time, id)) = time_and_id(&raw) else {
-                skipped += 1;
-                continue;
-            };
-            if boundary == Some(time) && !taken_at_boundary.insert(id.clone()) {
-                continue;
-            }
-            progressed = true;
-            oldest = Some(oldest.map_or(time, |o: DateTime<Utc>| o.min(time)));
-            records.push((time, id, raw));
+        if request.cancel.is_cancelled() {
+            return Err(ward_indexer::Error::Cancelled.into());
         }
-        if n < PAGE {
-            break;
+        let page = index.page_blocking(&page_request, false)?;
+        records.extend(page.hits);
+        match page.cursor {
+            Some(cursor) => page_request.cursor = Some(cursor),
+            None => break,
         }
-        let Some(oldest) = oldest.filter(|_| progressed) else {
-            return Err(Error::InvalidRequest(format!(
-                "more than {PAGE} records share the timestamp {upper}; narrow the range"
-            )));
-        };
-        if boundary != Some(oldest) {
-            boundary = Some(oldest);
-            taken_at_boundary = records
-                .iter()
-                .filter(|(t, _, _)| *t == oldest)
-                .map(|(_, id, _)| id.clone())
-                .collect();
-        }
-        upper = oldest + TimeDelta::nanoseconds(1);
     }
-    if skipped > 0 {
-        tracing::warn!(
-            skipped,
-            "hunt skipped stored records without a time or not a JSON object"
-        );
-    }
-    // Pages came newest first; the overlap can leave equal times out of
-    // order, so sort (stable) to be sure.
-    records.sort_by_key(|r| std::cmp::Reverse(r.0));
     Ok(records)
 }
 
-/// A stored record's time and record id (`ward.id`), read without building
-/// the record's tree: the tree is built once, when the record's turn comes.
-fn time_and_id(raw: &RawValue) -> Option<(DateTime<Utc>, String)> {
-    /// The fields paging needs; serde skips the others.
-    #[derive(Deserialize)]
-    struct Head<'a> {
-        #[serde(borrow)]
-        timestamp: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        ward: Option<WardHead<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct WardHead<'a> {
-        #[serde(borrow)]
-        id: Option<Cow<'a, str>>,
-    }
-    let head: Head = serde_json::from_str(raw.get()).ok()?;
-    let time = DateTime::parse_from_rfc3339(&head.timestamp?)
-        .ok()?
-        .with_timezone(&Utc);
-    let id = head
-        .ward
-        .and_then(|w| w.id)
-        .unwrap_or_default()
-        .into_owned();
-    Some((time, id))
+/// The stored record's own time (`timestamp`), for an event whose rule
+/// time cannot be read.
+fn record_time(event: &Object<'_>) -> Option<DateTime<Utc>> {
+    let text = event.get("timestamp")?.as_str()?;
+    Some(DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use std::collections::HashSet;
 
     use super::*;
 
@@ -227,6 +207,8 @@ mod tests {
             end: start + TimeDelta::days(365 * years),
             window: TimeDelta::seconds(window_secs),
             max_alerts: 10,
+            namespaces: None,
+            cancel: Cancel::new(),
         };
         let refused = hunt(&store, rules.clone(), &request(100, 1));
         assert!(
@@ -236,5 +218,135 @@ mod tests {
         let report = hunt(&store, rules, &request(2, 86_400)).unwrap();
         assert_eq!(report.events, 0);
         assert!(!report.truncated);
+    }
+
+    fn get_rule() -> RuleSet {
+        let text = "title: Any get\nid: any-get\nlevel: low\nlogsource: {product: kubernetes, service: audit}\ndetection:\n  s: {verb: get}\n  condition: s\n";
+        let (rules, errors) = RuleSet::from_sources(&[("get.yml".to_owned(), text.to_owned())]);
+        assert!(errors.is_empty(), "{errors:?}");
+        rules
+    }
+
+    /// An audit record at `at` whose own `timestamp` is cut to the second
+    /// (as the API server's `metadata`-level events often are).
+    fn audit_at(i: usize, at: DateTime<Utc>, namespace: &str) -> ward_event::wire::DecodedRecord {
+        let second = at.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let event = serde_json::json!({
+            "kind": "Event", "auditID": format!("a-{i}"), "stage": "ResponseComplete",
+            "verb": "get", "timestamp": second,
+            "objectRef": {"resource": "pods", "namespace": namespace, "name": format!("p{i}")},
+            "user": {"username": format!("user-{namespace}")},
+        });
+        let serde_json::Value::Object(event) = event else {
+            unreachable!()
+        };
+        ward_event::Record {
+            id: format!("audit:a-{i}"),
+            source: ward_event::SourceKind::Audit,
+            timestamp: at,
+            cluster: None,
+            node: None,
+            flags: vec![],
+            parse_error: None,
+            file: None,
+            offset: None,
+            event,
+        }
+    }
+
+    fn whole_range(namespaces: Option<Vec<String>>) -> HuntRequest {
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        HuntRequest {
+            start,
+            end: start + TimeDelta::days(1),
+            window: TimeDelta::hours(1),
+            max_alerts: MAX_ALERTS,
+            namespaces,
+            cancel: Cancel::new(),
+        }
+    }
+
+    /// Issue 15: pages that ended at a record's own second-truncated
+    /// `timestamp` skipped records (16 of 20,000) indexed later within
+    /// that second.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hunt_paging_skips_no_event_sharing_a_timestamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(ward_indexer::StoreConfig::new(dir.path())).unwrap();
+        let request = whole_range(None);
+        let n = 20_000;
+        let records: Vec<_> = (0..n)
+            .map(|i| {
+                // 7 records a second, 100 ms apart: their own times share
+                // the second, their indexed times differ, and a page
+                // (5,000) ends within a second.
+                let at = request.start
+                    + TimeDelta::seconds((i / 7) as i64)
+                    + TimeDelta::milliseconds((i % 7) as i64 * 100);
+                audit_at(i, at, "shop")
+            })
+            .collect();
+        for chunk in records.chunks(5_000) {
+            store.ingest(chunk.to_vec()).await.unwrap();
+        }
+        let index = store.clone();
+        let report = tokio::task::spawn_blocking(move || hunt(&index, get_rule(), &request))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.events, n as u64);
+        let ids: HashSet<&str> = report.alerts.iter().map(|a| a.event_id.as_str()).collect();
+        assert_eq!(ids.len(), n, "every event once");
+        store.shutdown().await;
+    }
+
+    /// Issue 15: a hunt reads only the caller's namespaces, and stops once
+    /// its request is cancelled.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hunt_reads_only_the_scope_and_stops_when_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(ward_indexer::StoreConfig::new(dir.path())).unwrap();
+        let start = whole_range(None).start;
+        let records = vec![
+            audit_at(1, start + TimeDelta::seconds(1), "shop"),
+            audit_at(2, start + TimeDelta::seconds(2), "payments"),
+        ];
+        store.ingest(records).await.unwrap();
+        let index = store.clone();
+        let (scoped, cancelled) = tokio::task::spawn_blocking(move || {
+            let scoped = hunt(&index, get_rule(), &whole_range(Some(vec!["shop".into()])));
+            let request = whole_range(None);
+            request.cancel.cancel();
+            (scoped, hunt(&index, get_rule(), &request))
+        })
+        .await
+        .unwrap();
+        let scoped = scoped.unwrap();
+        assert_eq!(scoped.events, 1);
+        assert_eq!(scoped.alerts[0].event_id, "audit:a-1");
+        assert!(
+            matches!(cancelled, Err(Error::Index(ward_indexer::Error::Cancelled))),
+            "{cancelled:?}"
+        );
+        store.shutdown().await;
+    }
+
+    #[test]
+    fn hunt_bounds_are_refused_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(ward_indexer::StoreConfig::new(dir.path())).unwrap();
+        let mut wide = whole_range(None);
+        wide.window = MAX_WINDOW + TimeDelta::seconds(1);
+        let mut many = whole_range(None);
+        many.max_alerts = MAX_ALERTS + 1;
+        for request in [wide, many] {
+            let refused = hunt(&store, get_rule(), &request);
+            assert!(
+                matches!(refused, Err(Error::InvalidRequest(_))),
+                "{refused:?}"
+            );
+        }
     }
 }

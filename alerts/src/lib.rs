@@ -35,7 +35,7 @@
 
 mod deliver;
 mod error;
-mod hunt;
+pub mod hunt;
 mod sink;
 mod store;
 mod tap;

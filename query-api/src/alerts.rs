@@ -14,9 +14,10 @@
 //!   audit events indexed in `[start, end)` and returns the alerts without
 //!   storing them. Same token rule as status changes;
 //!
-//! A caller limited to namespaces sees and changes only the alerts of
-//! them, as search does ([`StoredAlert::visible_to`]): another
-//! namespace's alert, or a cluster-scoped one, is a 404 to it.
+//! A caller limited to namespaces sees, changes and hunts only within them,
+//! as search does: alerts by [`StoredAlert::visible_to`] (another
+//! namespace's alert, or a cluster-scoped one, is a 404 to it), hunts over
+//! the events of its namespaces only.
 //! - `GET /api/v1/alerts/export`: the whole store as NDJSON
 //!   ([`AlertStore::export`]) for backups and `ward snapshot`; admin
 //!   tokens only (without a namespace scope: it is every alert).
@@ -33,6 +34,7 @@ use chrono::TimeDelta;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use ward_alerts::{AlertFilter, AlertStore, HuntRequest, RulesTap, Status, StoredAlert};
+use ward_indexer::Cancel;
 use ward_rules::Level;
 
 use crate::auth::Caller;
@@ -223,6 +225,7 @@ pub(crate) struct RuleText {
 
 pub(crate) async fn hunt(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Json<HuntBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -254,12 +257,33 @@ pub(crate) async fn hunt(
             rule_errors.join("; ")
         )));
     }
-    let window = TimeDelta::seconds(body.window_secs.unwrap_or(DEFAULT_WINDOW_SECS));
+    let window_secs = body.window_secs.unwrap_or(DEFAULT_WINDOW_SECS);
+    let window = TimeDelta::try_seconds(window_secs)
+        .filter(|w| *w > TimeDelta::zero() && *w <= ward_alerts::hunt::MAX_WINDOW)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "window_secs must be between 1 and {}",
+                ward_alerts::hunt::MAX_WINDOW.num_seconds()
+            ))
+        })?;
+    let max_alerts = body.max_alerts.unwrap_or(DEFAULT_HUNT_ALERTS);
+    if max_alerts > ward_alerts::hunt::MAX_ALERTS {
+        return Err(ApiError::BadRequest(format!(
+            "max_alerts must be at most {}",
+            ward_alerts::hunt::MAX_ALERTS
+        )));
+    }
+    // Dropped with this future (the request timed out, the client left):
+    // the hunt on the blocking pool then stops.
+    let cancel = Cancel::new();
+    let _cancel_on_drop = cancel.on_drop();
     let request = HuntRequest {
         start,
         end,
         window,
-        max_alerts: body.max_alerts.unwrap_or(DEFAULT_HUNT_ALERTS),
+        max_alerts,
+        namespaces: caller.namespaces.clone(),
+        cancel,
     };
     let rule_count = rules.rules().len();
     let index = state.store.clone();
@@ -753,9 +777,9 @@ mod tests {
     }
 
     /// Issue 15: a namespace-scoped token listed, read and closed every
-    /// alert.
+    /// alert, and its hunts read every namespace's events.
     #[tokio::test]
-    async fn scopes_hold_on_alerts() {
+    async fn scopes_hold_on_alerts_and_hunts() {
         let f = setup(Some(
             "collector:collector-token-1234567\nanalyst/all:analyst-token-1234567\nanalyst/dee@default:default-token-1234567\nanalyst/sam@shop:shop-token-1234567890\n",
         ));
@@ -840,6 +864,52 @@ mod tests {
             .sum();
         assert_eq!(counted, 0, "{rules}");
 
+        // Hunts read only the scope's events.
+        let range = json!({"start": "2018-10-26T00:00:00Z", "end": "2018-10-27T00:00:00Z"});
+        let hunt = |token: &'static str| {
+            let (app, range) = (f.app.clone(), range.clone());
+            async move {
+                let (status, body) =
+                    call(&app, "POST", "/api/v1/rules/hunt", Some(token), Some(range)).await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                body
+            }
+        };
+        assert_eq!(hunt("analyst-token-1234567").await["events"], 2);
+        let dee = hunt("default-token-1234567").await;
+        assert_eq!(dee["events"], 1, "{dee}");
+        assert!(
+            dee["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|a| !a.to_string().contains("some-reader-binding")),
+            "{dee}"
+        );
+        assert_eq!(hunt("shop-token-1234567890").await["events"], 0);
+        f.store.shutdown().await;
+    }
+
+    /// Issue 15: `window_secs` = i64::MAX panicked the handler (the
+    /// connection dropped); bounds are a 400.
+    #[tokio::test]
+    async fn hunt_bounds_are_a_bad_request() {
+        let f = setup(None);
+        for extra in [
+            json!({"window_secs": i64::MAX}),
+            json!({"window_secs": 0}),
+            json!({"window_secs": -5}),
+            json!({"window_secs": 86_401}),
+            json!({"max_alerts": 100_001}),
+        ] {
+            let mut body = json!({"start": "2018-10-26T00:00:00Z", "end": "2018-10-27T00:00:00Z"});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let (status, answer) =
+                call(&f.app, "POST", "/api/v1/rules/hunt", None, Some(body)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{extra}: {answer}");
+        }
         f.store.shutdown().await;
     }
 
