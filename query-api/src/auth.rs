@@ -17,6 +17,9 @@
 //! | analyst | also export (and alert changes, retro-hunts) |
 //! | admin | everything, ingest and backups (`GET /api/v1/alerts/export`) included |
 //!
+//! `/metrics` needs a viewer, analyst or admin token without a namespace
+//! scope (its counts cover every namespace), unless `--metrics-open`.
+//!
 //! A namespace scope limits what the token sees to container lines of
 //! those namespaces (`kubernetes.namespace`) and audit events about objects
 //! in them (`objectRef.namespace`); cluster-scoped events and Ward's own
@@ -60,11 +63,14 @@ pub enum Action {
     /// Dump whole stores for a backup (the alert store export): every
     /// alert of every namespace, so admin only.
     Backup,
+    /// Read `/metrics`: counts over every namespace, so only tokens
+    /// without a namespace scope (viewer, analyst, admin).
+    Metrics,
 }
 
 impl Action {
     /// Every action, in the order the API documents them.
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 11] = [
         Action::Ingest,
         Action::Search,
         Action::Aggregate,
@@ -75,6 +81,7 @@ impl Action {
         Action::Triage,
         Action::Whoami,
         Action::Backup,
+        Action::Metrics,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +96,7 @@ impl Action {
             Action::Triage => "triage",
             Action::Whoami => "whoami",
             Action::Backup => "backup",
+            Action::Metrics => "metrics",
         }
     }
 }
@@ -133,7 +141,7 @@ impl Role {
             Role::Ingest => action == A::Ingest,
             Role::Viewer => matches!(
                 action,
-                A::Search | A::Aggregate | A::Timeline | A::Tail | A::Alerts
+                A::Search | A::Aggregate | A::Timeline | A::Tail | A::Alerts | A::Metrics
             ),
             Role::Analyst => matches!(
                 action,
@@ -144,6 +152,7 @@ impl Role {
                     | A::Export
                     | A::Alerts
                     | A::Triage
+                    | A::Metrics
             ),
         }
     }

@@ -88,6 +88,9 @@ pub struct ApiOptions {
     pub cluster: Option<String>,
     /// The alert store and live rules; alert routes answer 404 without it.
     pub alerts: Option<AlertsApi>,
+    /// Serve `/metrics` without a token even when tokens are configured
+    /// (`--metrics-open`, for a scraper on a trusted network).
+    pub metrics_open: bool,
 }
 
 #[derive(Clone)]
@@ -203,7 +206,13 @@ fn api_routes(state: AppState) -> Router<AppState> {
             get(live_tail::tail).layer(guard(Action::Tail, true)),
         )
         .route("/api/v1/openapi.json", get(openapi))
-        .route("/metrics", get(metrics::metrics))
+        .route(
+            "/metrics",
+            get(metrics::metrics).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                metrics::require_token,
+            )),
+        )
         .route(
             "/api/v1/alerts",
             get(alerts::list).layer(guard(Action::Alerts, false)),

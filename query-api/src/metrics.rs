@@ -3,15 +3,67 @@
 //! Written by hand rather than through a metrics registry: the values
 //! already live in the store's atomics, and the exposition format is a
 //! handful of lines.
+//!
+//! With tokens configured, `/metrics` needs a token of a role that may read
+//! them and no namespace scope: the counts are of every namespace. Refusals
+//! go to the audit trail like every other; a scrape that passes is not
+//! recorded (a scraper would fill the trail). `--metrics-open` serves it
+//! to anyone.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 
-use crate::AppState;
+use crate::auth::{Action, Caller};
+use crate::{ApiError, AppState, access};
+
+/// With tokens configured (and without `--metrics-open`): an unscoped
+/// token whose role may read metrics, else 401/403.
+pub(crate) async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(tokens) = state
+        .options
+        .tokens
+        .as_ref()
+        .filter(|_| !state.options.metrics_open)
+    else {
+        return next.run(request).await;
+    };
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let refusal = match tokens.identify_header(header) {
+        None => Some((None, ApiError::Unauthorized)),
+        Some(id) if !id.role.may(Action::Metrics) || id.namespaces.is_some() => Some((
+            Some(id.clone()),
+            ApiError::Forbidden("read metrics (they count every namespace)".into()),
+        )),
+        Some(_) => None,
+    };
+    let Some((known, error)) = refusal else {
+        return next.run(request).await;
+    };
+    let response = error.into_response();
+    access::record_refusal(
+        &state,
+        access::Refusal {
+            caller: &Caller::new(known),
+            endpoint: request.uri().path(),
+            params: request.uri().query().unwrap_or(""),
+            status: response.status().as_u16(),
+            client: access::client_addr(&request),
+        },
+    );
+    response
+}
 
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let stats = state.store.stats();
@@ -205,4 +257,51 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         let _ = writeln!(out, "ward_indexer_redactions_total{{rule=\"{rule}\"}} {n}");
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use axum::http::StatusCode;
+    use ward_indexer::{Store, StoreConfig};
+
+    use crate::test_support::call;
+    use crate::{ApiConfig, ApiOptions, auth::Tokens, router_with};
+
+    /// Issue 15: `/metrics` answered anyone, tokens or not.
+    #[tokio::test]
+    async fn metrics_need_an_unscoped_token_when_tokens_are_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+        let tokens = Arc::new(
+            Tokens::parse(
+                "collector:collector-token-1234567\nviewer:viewer-token-12345678\nviewer/s@shop:scoped-token-1234567\n",
+            )
+            .unwrap(),
+        );
+        let options = |open: bool| ApiOptions {
+            tokens: Some(tokens.clone()),
+            metrics_open: open,
+            ..Default::default()
+        };
+        let app = router_with(store.clone(), ApiConfig::default(), options(false));
+        for (token, want) in [
+            (None, StatusCode::UNAUTHORIZED),
+            (Some("collector-token-1234567"), StatusCode::FORBIDDEN),
+            (Some("scoped-token-1234567"), StatusCode::FORBIDDEN),
+            (Some("viewer-token-12345678"), StatusCode::OK),
+        ] {
+            let (status, _) = call(&app, "GET", "/metrics", token, None).await;
+            assert_eq!(status, want, "{token:?}");
+        }
+        let open = router_with(store.clone(), ApiConfig::default(), options(true));
+        assert_eq!(
+            call(&open, "GET", "/metrics", None, None).await.0,
+            StatusCode::OK
+        );
+        store.shutdown().await;
+    }
 }

@@ -78,7 +78,7 @@ mod tests {
         assert_eq!(me["name"], "anonymous");
         assert_eq!(me["alerts"], false);
         let may = me["may"].as_object().unwrap();
-        assert_eq!(may.len(), 9);
+        assert_eq!(may.len(), 10);
         assert!(may.values().all(|v| v == true));
         store.shutdown().await;
     }

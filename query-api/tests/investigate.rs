@@ -658,7 +658,8 @@ async fn refused_requests_are_in_the_audit_trail_within_bounds() {
         counts,
         vec![("192.0.2.7".into(), 401, 17), ("192.0.2.9".into(), 429, 1)]
     );
-    let (_, metrics) = call(&app, get("/metrics")).await;
+    // A scrape with a valid token is not a refusal (and is not recorded).
+    let (_, metrics) = call(&app, get_as("/metrics", "admin-token-000000000")).await;
     let metrics = metrics.as_str().unwrap().to_owned();
     assert!(metrics.contains("ward_api_refusals_total 26"), "{metrics}");
     assert!(

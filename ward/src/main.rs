@@ -135,6 +135,10 @@ struct IndexerArgs {
     /// the audit webhook need a collector, audit-webhook, ingest or admin token.
     #[arg(long)]
     tokens: Option<PathBuf>,
+    /// Serve /metrics without a token even with --tokens (for a scraper on
+    /// a trusted network; the metrics count every namespace).
+    #[arg(long)]
+    metrics_open: bool,
     /// Cluster recorded on audit webhook events that do not name one with `?cluster=`.
     #[arg(long)]
     cluster: Option<String>,
@@ -215,6 +219,7 @@ impl IndexerArgs {
                 tokens,
                 cluster: self.cluster.clone(),
                 alerts: None,
+                metrics_open: self.metrics_open,
             },
         })
     }
