@@ -24,6 +24,8 @@ pub enum ApiError {
     Forbidden(String),
     #[error("too many requests for this token; retry later")]
     RateLimited,
+    #[error("too many live tails: {0}; close one and retry")]
+    TooManyTails(String),
     #[error("the request took longer than {0} seconds")]
     Timeout(u64),
 }
@@ -73,7 +75,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited | ApiError::TooManyTails(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -79,8 +79,12 @@ pub(crate) async fn export(
         namespaces: caller.namespaces.clone(),
         cancel: Cancel::new(),
     };
-    // A bad query is a 400, not a broken stream.
-    state.store.check_query(&request.query)?;
+    // A bad query is a 400, not a broken stream. Compiled on the blocking
+    // pool: a costly regex must not hold up the async runtime.
+    let (store, text) = (state.store.clone(), request.query.clone());
+    tokio::task::spawn_blocking(move || store.check_query(&text))
+        .await
+        .map_err(|e| ward_indexer::Error::Unavailable(e.to_string()))??;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
     let store = state.store.clone();
     tokio::spawn(async move {

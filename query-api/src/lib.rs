@@ -61,6 +61,10 @@ pub struct ApiConfig {
     /// How many refused requests (401, 403, 429) the audit trail records
     /// one by one; the rest are summarised.
     pub refusal_limits: access::RefusalLimits,
+    /// Live tails one caller (token; without tokens, everyone) may hold
+    /// open, and all callers together; one more is a 429.
+    pub max_tails_per_caller: usize,
+    pub max_tails: usize,
 }
 
 impl Default for ApiConfig {
@@ -74,6 +78,8 @@ impl Default for ApiConfig {
             rate_limit_burst: 40,
             audit_trail: true,
             refusal_limits: access::RefusalLimits::default(),
+            max_tails_per_caller: 8,
+            max_tails: 64,
         }
     }
 }
@@ -100,6 +106,7 @@ pub(crate) struct AppState {
     options: Arc<ApiOptions>,
     limiter: Arc<access::RateLimiter>,
     refusals: Arc<access::RefusalTrail>,
+    tails: Arc<live_tail::TailSlots>,
 }
 
 impl AppState {
@@ -111,6 +118,7 @@ impl AppState {
                 config.rate_limit_burst,
             )),
             refusals: Arc::new(access::RefusalTrail::new(config.refusal_limits)),
+            tails: live_tail::TailSlots::new(config.max_tails_per_caller, config.max_tails),
             config: Arc::new(config),
             options: Arc::new(options),
         }

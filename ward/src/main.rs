@@ -158,6 +158,12 @@ struct IndexerArgs {
     /// Requests a token may send at once before --rate-limit applies.
     #[arg(long, default_value_t = 40)]
     rate_burst: u32,
+    /// Live tails one token may hold open (without --tokens: all callers together).
+    #[arg(long, default_value_t = 8)]
+    max_tails_per_token: usize,
+    /// Live tails all callers may hold open together.
+    #[arg(long, default_value_t = 64)]
+    max_tails: usize,
     /// Longest a search, aggregation or timeline request may run (e.g. `30s`).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
@@ -229,6 +235,8 @@ impl IndexerArgs {
             rate_limit_per_sec: self.rate_limit,
             rate_limit_burst: self.rate_burst,
             request_timeout: self.request_timeout,
+            max_tails_per_caller: self.max_tails_per_token,
+            max_tails: self.max_tails,
             ..ward_query_api::ApiConfig::default()
         }
     }
