@@ -89,6 +89,55 @@ impl Pattern {
     }
 }
 
+impl Pattern {
+    /// Whether the pattern matches `text`, ignoring ASCII case (as keyword
+    /// terms match).
+    pub fn matches(&self, text: &str) -> bool {
+        fn go(pieces: &[Piece], text: &str) -> bool {
+            match pieces.split_first() {
+                None => text.is_empty(),
+                Some((Piece::Text(t), rest)) => {
+                    text.get(..t.len())
+                        .is_some_and(|head| head.eq_ignore_ascii_case(t))
+                        && go(rest, &text[t.len()..])
+                }
+                Some((Piece::AnyChar, rest)) => {
+                    let mut chars = text.chars();
+                    chars.next().is_some() && go(rest, chars.as_str())
+                }
+                Some((Piece::AnyString, rest)) => text
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .chain([text.len()])
+                    .any(|i| go(rest, &text[i..])),
+            }
+        }
+        go(&self.0, text)
+    }
+}
+
+impl Query {
+    /// Whether the query names `field` with a term, phrase, wildcard or
+    /// regex that could match `value` (a regex or range on the field counts
+    /// as naming it), anywhere, negated or not: what "asks for" records
+    /// of that value means (`source:ward`, `source:Ward`, `source:w*`).
+    pub fn mentions(&self, field: &str, value: &str) -> bool {
+        match self {
+            Query::All => false,
+            Query::Term { field: f, value: v } => {
+                f.as_deref() == Some(field) && v.matches(value.trim())
+            }
+            Query::Phrase { field: f, text } => {
+                f.as_deref() == Some(field) && text.trim().eq_ignore_ascii_case(value)
+            }
+            Query::Regex { field: f, .. } => f.as_deref() == Some(field),
+            Query::Range { field: f, .. } | Query::Exists { field: f } => f == field,
+            Query::And(items) | Query::Or(items) => items.iter().any(|q| q.mentions(field, value)),
+            Query::Not(inner) => inner.mentions(field, value),
+        }
+    }
+}
+
 const MAX_DEPTH: usize = 64;
 
 /// Parses a query string.
@@ -660,5 +709,33 @@ mod tests {
         }
         let deep = "(".repeat(200) + "a" + &")".repeat(200);
         assert!(parse(&deep).is_err());
+    }
+
+    #[test]
+    fn queries_say_whether_they_mention_a_field_value() {
+        for (q, want) in [
+            ("source:ward", true),
+            ("source:WARD AND verb:get", true),
+            ("NOT source:ward", true),
+            ("verb:get OR (source:w* AND x)", true),
+            ("source:\"ward\"", true),
+            ("source:/w.*/", true),
+            ("source:audit", false),
+            ("ward", false),
+            ("message:source\\:ward", false),
+            ("api.source:ward", false),
+            ("", false),
+        ] {
+            assert_eq!(parse(q).unwrap().mentions("source", "ward"), want, "{q}");
+        }
+        assert!(
+            Pattern(vec![
+                Piece::Text("w".into()),
+                Piece::AnyChar,
+                Piece::AnyString
+            ])
+            .matches("WaRd")
+        );
+        assert!(!Pattern::literal("war").matches("ward"));
     }
 }

@@ -1,4 +1,4 @@
-//! `GET /api/v1/aggregate?q=&start=&end=&histogram=auto|<interval>&terms=<field>&size=N`.
+//! `GET /api/v1/aggregate?q=&start=&end=&histogram=auto|<interval>&terms=<field>&size=N&include_ward=`.
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -7,7 +7,7 @@ use ward_indexer::Cancel;
 use ward_indexer::aggregate::{AggregateRequest, AggregateResponse, parse_interval};
 
 use crate::auth::Caller;
-use crate::search::parse_time;
+use crate::search::{parse_time, without_ward_trail};
 use crate::{ApiError, AppState};
 
 #[derive(Debug, Deserialize)]
@@ -20,6 +20,8 @@ pub(crate) struct AggregateParams {
     histogram: Option<String>,
     terms: Option<String>,
     size: Option<usize>,
+    #[serde(default)]
+    include_ward: bool,
 }
 
 pub(crate) async fn aggregate(
@@ -43,7 +45,7 @@ pub(crate) async fn aggregate(
     let cancel = Cancel::new();
     let _cancel_on_drop = cancel.on_drop();
     let request = AggregateRequest {
-        query: params.q,
+        query: without_ward_trail(params.q, params.include_ward)?,
         start: parse_time("start", params.start.as_deref())?,
         end: parse_time("end", params.end.as_deref())?,
         namespaces: caller.namespaces.clone(),

@@ -1,4 +1,4 @@
-//! `GET /api/v1/export?q=&start=&end=&format=ndjson|csv`: every match,
+//! `GET /api/v1/export?q=&start=&end=&format=ndjson|csv&include_ward=`: every match,
 //! oldest first, streamed.
 //!
 //! A task pages through the matches with the cursor (`export_page_size`
@@ -17,7 +17,7 @@ use serde_json::Value;
 use ward_indexer::{Cancel, SearchRequest, SortOrder};
 
 use crate::auth::Caller;
-use crate::search::parse_time;
+use crate::search::{parse_time, without_ward_trail};
 use crate::{ApiError, AppState};
 
 #[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,6 +36,8 @@ pub(crate) struct ExportParams {
     start: Option<String>,
     end: Option<String>,
     format: Option<Format>,
+    #[serde(default)]
+    include_ward: bool,
 }
 
 /// The CSV columns: (header, dotted path in the hit).
@@ -67,7 +69,7 @@ pub(crate) async fn export(
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let format = params.format.unwrap_or_default();
     let mut request = SearchRequest {
-        query: params.q,
+        query: without_ward_trail(params.q, params.include_ward)?,
         start: parse_time("start", params.start.as_deref())?,
         end: parse_time("end", params.end.as_deref())?,
         limit: state

@@ -1,4 +1,4 @@
-//! `GET /api/v1/tail?q=`: matching records as Server-Sent Events, as they
+//! `GET /api/v1/tail?q=&include_ward=`: matching records as Server-Sent Events, as they
 //! are committed (see `ward_indexer::live_tail` for how matching works).
 //!
 //! Events: `hit` (data: one record's JSON) and `lagged` (data:
@@ -25,6 +25,7 @@ use serde::Deserialize;
 use ward_indexer::live_tail::TailEvent;
 
 use crate::auth::Caller;
+use crate::search::without_ward_trail;
 use crate::{ApiError, AppState};
 
 #[derive(Debug, Deserialize)]
@@ -32,6 +33,8 @@ use crate::{ApiError, AppState};
 pub(crate) struct TailParams {
     #[serde(default)]
     q: String,
+    #[serde(default)]
+    include_ward: bool,
 }
 
 pub(crate) async fn tail(
@@ -40,10 +43,11 @@ pub(crate) async fn tail(
     params: Result<Query<TailParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let q = without_ward_trail(params.q, params.include_ward)?;
     let slot = state.tails.acquire(caller.name())?;
     let store = state.store.clone();
     let scope = caller.namespaces.clone();
-    let subscription = tokio::task::spawn_blocking(move || store.tail(&params.q, scope.as_deref()))
+    let subscription = tokio::task::spawn_blocking(move || store.tail(&q, scope.as_deref()))
         .await
         .map_err(|e| ward_indexer::Error::Unavailable(e.to_string()))??;
     // (subscription, events of the current commit not yet sent, the slot)

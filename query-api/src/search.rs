@@ -1,4 +1,9 @@
-//! `GET /api/v1/search?q=&start=&end=&order=&limit=&cursor=`.
+//! `GET /api/v1/search?q=&start=&end=&order=&limit=&cursor=&include_ward=`.
+//!
+//! Ward's own API audit trail (`source:ward`) is kept and searchable, but
+//! it is left out of every query that does not ask for it (one that names
+//! `source:ward`, or `include_ward=true`): search, aggregations, export,
+//! live tail and timelines all run [`without_ward_trail`].
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -22,6 +27,8 @@ pub(crate) struct SearchParams {
     limit: Option<usize>,
     order: Option<SortOrder>,
     cursor: Option<String>,
+    #[serde(default)]
+    include_ward: bool,
 }
 
 pub(crate) async fn search(
@@ -35,7 +42,7 @@ pub(crate) async fn search(
     let cancel = Cancel::new();
     let _cancel_on_drop = cancel.on_drop();
     let request = SearchRequest {
-        query: params.q,
+        query: without_ward_trail(params.q, params.include_ward)?,
         start: parse_time("start", params.start.as_deref())?,
         end: parse_time("end", params.end.as_deref())?,
         limit: params.limit.unwrap_or(DEFAULT_LIMIT),
@@ -61,4 +68,23 @@ pub(crate) fn parse_time(
                 .map_err(|_| ApiError::BadRequest(format!("{name}={v:?} is not an RFC 3339 time")))
         })
         .transpose()
+}
+
+/// The query as run: `q`, and unless it asks for them (names
+/// `source:ward`, in any spelling, or `include` is set), not the
+/// `source:ward` records of Ward's API audit trail. A bad query is
+/// refused here with its own positions.
+pub(crate) fn without_ward_trail(q: String, include: bool) -> Result<String, ApiError> {
+    if include {
+        return Ok(q);
+    }
+    let parsed = ward_indexer::query::parse(&q)?;
+    if parsed.mentions("source", ward_event::SourceKind::Ward.as_str()) {
+        return Ok(q);
+    }
+    Ok(if parsed == ward_indexer::query::Query::All {
+        "NOT source:ward".to_owned()
+    } else {
+        format!("NOT source:ward AND ({q})")
+    })
 }

@@ -36,7 +36,7 @@ use ward_indexer::document::lookup;
 use ward_indexer::{Cancel, SearchHit, SearchRequest, SortOrder};
 
 use crate::auth::Caller;
-use crate::search::parse_time;
+use crate::search::{parse_time, without_ward_trail};
 use crate::{ApiError, AppState};
 
 const DEFAULT_LIMIT: usize = 500;
@@ -49,6 +49,8 @@ pub(crate) struct TimelineParams {
     end: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
+    #[serde(default)]
+    include_ward: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -161,7 +163,7 @@ pub(crate) async fn timeline(
     let cancel = Cancel::new();
     let _cancel_on_drop = cancel.on_drop();
     let request = SearchRequest {
-        query: entity_query(&params.entity)?,
+        query: without_ward_trail(entity_query(&params.entity)?, params.include_ward)?,
         start: parse_time("start", params.start.as_deref())?,
         end: parse_time("end", params.end.as_deref())?,
         limit: params.limit.unwrap_or(DEFAULT_LIMIT),

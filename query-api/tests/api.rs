@@ -250,3 +250,78 @@ async fn ward_audit_trail_cannot_be_forged_in_any_case() {
     assert_eq!(body["total"], 0, "{body}");
     store.shutdown().await;
 }
+
+/// Issue 15: every search added a `source:ward` record that the next
+/// free-text search for the same words found, and the dashboard's default
+/// view and live tail filled with them. They are kept and searchable, but
+/// only a query that asks for them returns them.
+#[tokio::test]
+async fn ward_audit_trail_stays_out_of_queries_that_do_not_ask_for_it() {
+    use futures_util::StreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::new(dir.path());
+    config.commit_interval = std::time::Duration::from_millis(10);
+    let store = Store::open(config).unwrap();
+    let app = router(store.clone(), ApiConfig::default());
+    let (status, _) = call(&app, ingest(batch(3), None)).await;
+    assert_eq!(status, StatusCode::OK);
+    // A live tail of everything, opened before the trail grows.
+    let tail = app.clone().oneshot(get("/api/v1/tail?q=")).await.unwrap();
+    assert_eq!(tail.status(), StatusCode::OK);
+    let mut tail = tail.into_body().into_data_stream();
+    // A search for "refused" is in the trail, with "refused" in its params.
+    let (_, body) = call(&app, get("/api/v1/search?q=refused")).await;
+    assert_eq!(body["total"], 3, "{body}");
+    let mut trail = Value::Null;
+    for _ in 0..200 {
+        let (_, body) = call(&app, get("/api/v1/search?q=source:ward%20AND%20refused")).await;
+        if body["total"].as_u64().unwrap_or(0) >= 1 {
+            trail = body;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        trail["hits"][0]["source"], "ward",
+        "the trail is searchable: {trail}"
+    );
+
+    let (_, body) = call(&app, get("/api/v1/search?q=refused")).await;
+    assert_eq!(
+        body["total"], 3,
+        "free text does not find the trail: {body}"
+    );
+    let (_, body) = call(&app, get("/api/v1/search?q=refused&include_ward=true")).await;
+    assert!(body["total"].as_u64().unwrap() > 3, "unless asked: {body}");
+    let (_, body) = call(&app, get("/api/v1/search?limit=100")).await;
+    assert_eq!(body["total"], 3, "{body}");
+    let (_, body) = call(&app, get("/api/v1/aggregate?histogram=auto&terms=source")).await;
+    assert_eq!(body["total"], 3, "{body}");
+    assert_eq!(
+        body["terms"]["buckets"],
+        json!([{"key": "container", "count": 3}])
+    );
+    let (_, body) = call(
+        &app,
+        get("/api/v1/aggregate?terms=source&include_ward=true"),
+    )
+    .await;
+    assert!(body["total"].as_u64().unwrap() > 3, "{body}");
+    let (status, body) = call(&app, get("/api/v1/export?q=refused")).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = body.as_str().unwrap_or_default().to_owned();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(!text.contains("\"source\":\"ward\""), "{text}");
+
+    // The tail saw the trail's commits before this line's, and skipped them.
+    let mut more = batch(4);
+    more = more.split(|b| *b == b'\n').nth(3).unwrap().to_vec();
+    more.push(b'\n');
+    let (status, body) = call(&app, ingest(more, None)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let first = String::from_utf8(tail.next().await.unwrap().unwrap().to_vec()).unwrap();
+    assert!(first.contains("line 3 connection refused"), "{first}");
+    assert!(!first.contains("\"source\":\"ward\""), "{first}");
+    store.shutdown().await;
+}

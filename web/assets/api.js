@@ -62,12 +62,13 @@ export const api = {
 };
 
 /**
- * Streams `/api/v1/tail?q=`: calls onHit(event) per record until the
+ * Streams `/api/v1/tail?q=` (with Ward's own audit trail when
+ * includeWard): calls onHit(event) per record until the
  * signal aborts or the server closes; onOpen() once the stream is
  * established, onLag(n) for skipped commits.
  */
-export async function tail(q, { onHit, onLag, onOpen, signal }) {
-  const resp = await fetch('/api/v1/tail' + query({ q }), {
+export async function tail(q, { onHit, onLag, onOpen, signal, includeWard }) {
+  const resp = await fetch('/api/v1/tail' + query({ q, include_ward: includeWard ? 'true' : '' }), {
     headers: headers({ Accept: 'text/event-stream' }),
     signal,
   });

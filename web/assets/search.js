@@ -117,6 +117,8 @@ export function render(main, params, ctx) {
   let q = params.get('q') || '';
   let range = readRange(params);
   let order = params.get('order') === 'oldest' ? 'oldest' : 'newest';
+  // Ward's own API audit trail (source:ward) is left out unless asked for.
+  let includeWard = params.get('ward') === '1';
   const openFacets = new Set(OPEN_FACETS);
   const cursors = [null]; // cursors[i]: the cursor of page i
   let pageIndex = 0;
@@ -144,12 +146,21 @@ export function render(main, params, ctx) {
   const rangeBtn = h('button.range-btn', { type: 'button', 'aria-haspopup': 'dialog', 'aria-expanded': 'false' });
   const picker = h('div.picker.card', { hidden: true, role: 'dialog', 'aria-label': 'Time range' });
   const tailBtn = h('button.tail-btn', { type: 'button', 'aria-pressed': 'false', id: 'tail-toggle' }, 'Live tail');
+  const wardBox = h('input', { type: 'checkbox', id: 'include-ward', checked: includeWard });
+  wardBox.addEventListener('change', () => { includeWard = wardBox.checked; submit({ keepHistory: true }); });
+  const wardToggle = h(
+    'label.ward-toggle',
+    { title: "Include Ward's own API audit trail (source:ward); a query naming source:ward always does" },
+    wardBox,
+    " Ward's API audit",
+  );
   const form = h(
     'form.querybar',
     { role: 'search', onsubmit: (e) => { e.preventDefault(); submit(); } },
     h('div.query-wrap', null, input, suggestions),
     h('div.range-wrap', null, rangeBtn, picker),
     h('button.primary', { type: 'submit' }, 'Search'),
+    wardToggle,
     ctx.me.may.tail ? tailBtn : null,
   );
 
@@ -372,6 +383,7 @@ export function render(main, params, ctx) {
     if (!opts.keepHistory) remember(q);
     const p = urlParams(q, range);
     if (order === 'oldest') p.order = 'oldest';
+    if (includeWard) p.ward = '1';
     const url = href('/search', p);
     if (url !== location.pathname + location.search) pushUrl(url);
     cursors.length = 1;
@@ -408,7 +420,7 @@ export function render(main, params, ctx) {
     renderPicker();
     updateOrderLabel();
     msg(status, 'muted', 'Searching…');
-    const base = { q, start: b.start, end: b.end };
+    const base = { q, start: b.start, end: b.end, include_ward: includeWard ? 'true' : '' };
     const searchReq = api.get('/api/v1/search', { ...base, limit: PAGE, order, cursor: cursors[pageIndex] }, signal);
     const histoReq = api.get('/api/v1/aggregate', { ...base, histogram: 'auto' }, signal);
     // It may fail before the search answers (a bad query fails both): mark
@@ -681,6 +693,7 @@ export function render(main, params, ctx) {
     const query = q;
     tailBtn.dataset.state = 'connecting';
     tail(query, {
+      includeWard,
       signal: controller.signal,
       onOpen: () => { if (tailing === controller) tailBtn.dataset.state = 'live'; },
       onHit: (e) => {
