@@ -29,6 +29,13 @@
 //! with every configured token in constant time, and tokens are never
 //! logged: the audit trail names a token by its label, or its role and the
 //! first 8 hex digits of its SHA-256.
+//!
+//! A tokens file others may read, or one its group may read when that is
+//! not the indexer's own group (a Kubernetes Secret mounted `0440` with
+//! the pod's `fsGroup` is fine), is refused unless the caller accepts it
+//! ([`Tokens::load`]'s `accept_readable`, `--tokens-readable`, logged
+//! loudly). Tokens that still hold the examples' placeholder
+//! (`REPLACE_ME`, `CHANGE_ME`, of `deploy/`) are refused.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -192,12 +199,102 @@ fn fingerprint(token: &str) -> String {
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Why a tokens file was refused; never holds a token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is readable by {who} (mode {mode:o}): chmod 600 it (or 640 with the indexer's group), or accept it with --tokens-readable"
+    )]
+    Readable {
+        path: std::path::PathBuf,
+        who: &'static str,
+        mode: u32,
+    },
+    #[error("{path}: {reason}")]
+    Invalid {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+}
+
+/// Placeholders of the examples under `deploy/`: a token holding one was
+/// never replaced.
+const PLACEHOLDERS: [&str; 3] = ["replace_me", "change_me", "changeme"];
+
+/// Who besides the owner may read the file, when they should not.
+#[cfg(unix)]
+fn readable_by(meta: &std::fs::Metadata) -> Option<&'static str> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode();
+    if mode & 0o004 != 0 {
+        return Some("others");
+    }
+    if mode & 0o040 != 0 && !own_group(meta.gid()) {
+        return Some("its group");
+    }
+    None
+}
+
+#[cfg(not(unix))]
+fn readable_by(_meta: &std::fs::Metadata) -> Option<&'static str> {
+    None
+}
+
+/// Whether `gid` is one of this process's groups (from `/proc/self/status`;
+/// unknown counts as not).
+#[cfg(unix)]
+fn own_group(gid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .filter_map(|l| l.strip_prefix("Gid:").or_else(|| l.strip_prefix("Groups:")))
+        .flat_map(str::split_whitespace)
+        .any(|g| g.parse::<u32>() == Ok(gid))
+}
+
 impl Tokens {
-    /// Reads a tokens file; the error names the file and line, not the token.
-    pub fn load(path: &Path) -> Result<Tokens, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Tokens::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    /// Reads a tokens file; the error names the file and line, not the
+    /// token. A file readable by others (or by a group not the process's
+    /// own) is refused unless `accept_readable`, and then logged as a
+    /// warning.
+    pub fn load(path: &Path, accept_readable: bool) -> Result<Tokens, TokensFileError> {
+        let read_error = |source| TokensFileError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(read_error)?;
+        if let Some(who) = readable_by(&meta) {
+            #[cfg(unix)]
+            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+            #[cfg(not(unix))]
+            let mode = 0;
+            if !accept_readable {
+                return Err(TokensFileError::Readable {
+                    path: path.to_owned(),
+                    who,
+                    mode,
+                });
+            }
+            tracing::warn!(
+                path = %path.display(),
+                readable_by = who,
+                mode = format!("{mode:o}"),
+                "THE TOKENS FILE IS READABLE BY {}: anyone who can read it can use Ward as any of its tokens (accepted by --tokens-readable)",
+                who.to_uppercase()
+            );
+        }
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        Tokens::parse(&text).map_err(|reason| TokensFileError::Invalid {
+            path: path.to_owned(),
+            reason,
+        })
     }
 
     pub fn parse(text: &str) -> Result<Tokens, String> {
@@ -232,6 +329,13 @@ impl Tokens {
             };
             let role = Role::from_name(name)
                 .ok_or_else(|| format!("line {}: unknown role {name:?}", i + 1))?;
+            let lower = token.to_ascii_lowercase();
+            if PLACEHOLDERS.iter().any(|p| lower.contains(p)) {
+                return Err(format!(
+                    "line {}: the {name} token is still the example's placeholder: replace it with a random one",
+                    i + 1
+                ));
+            }
             if token.len() < 16 {
                 return Err(format!(
                     "line {}: the {name} token is shorter than 16 characters",
@@ -400,5 +504,48 @@ mod tests {
         assert!(!Role::Viewer.may(Action::Triage));
         assert!(Role::Admin.may(Action::Backup));
         assert!(!Role::Analyst.may(Action::Backup));
+    }
+
+    /// Issue 15: the example's placeholder tokens were accepted.
+    #[test]
+    fn tokens_still_holding_the_example_placeholder_are_refused() {
+        let example = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/kubernetes/overlays/production/secrets/tokens.yaml.example"
+        ))
+        .unwrap();
+        let err = Tokens::parse(&example).unwrap_err();
+        assert!(err.contains("placeholder"), "{err}");
+        assert!(
+            !err.contains("REPLACE_ME"),
+            "the error names no token: {err}"
+        );
+        assert!(Tokens::parse("reader:change_me_please_123456").is_err());
+    }
+
+    /// Issue 15: a tokens file anyone on the host could read was loaded.
+    #[cfg(unix)]
+    #[test]
+    fn tokens_files_readable_by_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "reader:reader-token-12345678\n").unwrap();
+        let chmod = |mode| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        chmod(0o644);
+        let err = Tokens::load(&path, false).unwrap_err();
+        assert!(
+            matches!(err, TokensFileError::Readable { who: "others", .. }),
+            "{err}"
+        );
+        assert!(Tokens::load(&path, true).is_ok(), "accepted when asked to");
+        chmod(0o600);
+        assert!(Tokens::load(&path, false).is_ok());
+        // Group-readable is fine with the process's own group (a Secret
+        // mounted 0440 with the pod's fsGroup).
+        chmod(0o640);
+        assert!(Tokens::load(&path, false).is_ok());
     }
 }

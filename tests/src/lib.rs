@@ -630,3 +630,15 @@ pub fn cri_lines(prefix: &str, range: std::ops::Range<usize>) -> String {
         })
         .collect()
 }
+
+/// Writes a secret (a tokens or token file) readable by its owner only, as
+/// Ward requires of a tokens file.
+pub fn write_secret(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write the secret");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .expect("make the secret private");
+    }
+}

@@ -239,11 +239,10 @@ fn alertmanager_gets_every_alert_across_its_restart() {
 fn replays_do_not_duplicate_and_status_changes_record_who_and_when() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
-    std::fs::write(
+    ward_e2e::write_secret(
         &tokens,
         "collector:collector-token-1234567\nanalyst/alice:analyst-token-1234567\nreader:reader-token-12345678\n",
-    )
-    .unwrap();
+    );
     let port = free_port();
     let args = ["--tokens".to_string(), tokens.display().to_string()];
     let mut indexer = start_indexer("indexer", dir.path(), port, &args);

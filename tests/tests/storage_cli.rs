@@ -213,11 +213,10 @@ fn all_alerts(client: &Client) -> Vec<Value> {
 fn alerts_statuses_and_dedup_survive_snapshot_and_restore() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
-    std::fs::write(
+    ward_e2e::write_secret(
         &tokens,
-        format!("collector:{COLLECTOR}\nanalyst/alice:{ANALYST}\nadmin/ops:{ADMIN}\n"),
-    )
-    .unwrap();
+        &format!("collector:{COLLECTOR}\nanalyst/alice:{ANALYST}\nadmin/ops:{ADMIN}\n"),
+    );
     let admin_token = dir.path().join("admin.token");
     std::fs::write(&admin_token, format!("{ADMIN}\n")).unwrap();
     let analyst_token = dir.path().join("analyst.token");

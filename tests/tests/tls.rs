@@ -23,11 +23,10 @@ fn mutual_tls_and_tokens_between_collector_and_indexer() {
     let pki = TestPki::generate(&dir.path().join("pki"));
     let tokens = dir.path().join("tokens.yaml");
     // With tokens, search needs a token of a role that may search.
-    std::fs::write(
+    ward_e2e::write_secret(
         &tokens,
-        format!("collector:{COLLECTOR_TOKEN}\nviewer:{VIEWER_TOKEN}\n"),
-    )
-    .unwrap();
+        &format!("collector:{COLLECTOR_TOKEN}\nviewer:{VIEWER_TOKEN}\n"),
+    );
     let port = free_port();
     let p = |path: &std::path::Path| path.display().to_string();
     let _indexer = start_indexer(

@@ -75,11 +75,10 @@ const READER_TOKEN: &str = "reader-token-0123456789abcdef";
 fn indexer_webhook_takes_event_lists_and_refuses_bad_bodies_and_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens.yaml");
-    std::fs::write(
+    ward_e2e::write_secret(
         &tokens,
-        format!("# test tokens\naudit-webhook:{WEBHOOK_TOKEN}\nreader:{READER_TOKEN}\n"),
-    )
-    .unwrap();
+        &format!("# test tokens\naudit-webhook:{WEBHOOK_TOKEN}\nreader:{READER_TOKEN}\n"),
+    );
     let port = free_port();
     let _indexer = start_indexer(
         "indexer",

@@ -135,6 +135,10 @@ struct IndexerArgs {
     /// the audit webhook need a collector, audit-webhook, ingest or admin token.
     #[arg(long)]
     tokens: Option<PathBuf>,
+    /// Load --tokens even if its group (not the indexer's own) or others may
+    /// read it (a loud warning is logged); refused otherwise.
+    #[arg(long, requires = "tokens")]
+    tokens_readable: bool,
     /// Serve /metrics without a token even with --tokens (for a scraper on
     /// a trusted network; the metrics count every namespace).
     #[arg(long)]
@@ -214,9 +218,9 @@ impl IndexerArgs {
         let tokens = self
             .tokens
             .as_deref()
-            .map(ward_query_api::auth::Tokens::load)
+            .map(|path| ward_query_api::auth::Tokens::load(path, self.tokens_readable))
             .transpose()
-            .map_err(|e| anyhow::anyhow!("--tokens: {e}"))?
+            .context("--tokens")?
             .map(std::sync::Arc::new);
         Ok(serve::Security {
             tls,
