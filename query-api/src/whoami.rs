@@ -30,7 +30,14 @@ pub(crate) struct WhoAmI {
     may: BTreeMap<&'static str, bool>,
     /// Whether the indexer keeps alerts (the alert and rule routes exist).
     alerts: bool,
+    /// Said when the API runs without tokens: everything is open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<&'static str>,
 }
+
+/// What `whoami` says when no tokens are configured.
+pub(crate) const OPEN_WARNING: &str = "no tokens are configured: every endpoint (search, ingest, \
+     alert triage) is open to anyone who can reach this indexer";
 
 pub(crate) async fn whoami(State(state): State<AppState>, caller: Caller) -> Json<WhoAmI> {
     let role = caller.identity.as_ref().map(|i| i.role);
@@ -46,6 +53,7 @@ pub(crate) async fn whoami(State(state): State<AppState>, caller: Caller) -> Jso
         namespaces: caller.namespaces.clone(),
         may,
         alerts: state.options.alerts.is_some(),
+        warning: state.options.tokens.is_none().then_some(OPEN_WARNING),
     })
 }
 
@@ -77,6 +85,10 @@ mod tests {
         assert_eq!(me["role"], Value::Null);
         assert_eq!(me["name"], "anonymous");
         assert_eq!(me["alerts"], false);
+        assert!(
+            me["warning"].as_str().unwrap().contains("open"),
+            "issue 15: an open API says so: {me}"
+        );
         let may = me["may"].as_object().unwrap();
         assert_eq!(may.len(), 10);
         assert!(may.values().all(|v| v == true));
@@ -105,6 +117,7 @@ mod tests {
         let (status, vic) = whoami(&app, Some("viewer-token-12345678")).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(vic["auth"], true);
+        assert!(vic.get("warning").is_none(), "{vic}");
         assert_eq!(vic["role"], "viewer");
         assert_eq!(vic["name"], "vic");
         assert_eq!(vic["namespaces"], serde_json::json!(["shop", "pay"]));

@@ -135,6 +135,10 @@ struct IndexerArgs {
     /// the audit webhook need a collector, audit-webhook, ingest or admin token.
     #[arg(long)]
     tokens: Option<PathBuf>,
+    /// Serve without --tokens on an address other hosts can reach (every
+    /// endpoint open to them); refused otherwise.
+    #[arg(long, conflicts_with = "tokens")]
+    insecure_no_auth: bool,
     /// Load --tokens even if its group (not the indexer's own) or others may
     /// read it (a loud warning is logged); refused otherwise.
     #[arg(long, requires = "tokens")]
@@ -399,6 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     security: args.security()?,
                     detection: args.detection(),
                     api: args.api_config(),
+                    insecure_no_auth: args.insecure_no_auth,
                 };
                 serve::run_indexer(indexer, serve::shutdown_signal()).await
             }

@@ -37,6 +37,9 @@ pub struct Indexer {
     pub detection: Detection,
     /// Limits of the API (rate limit, request timeout).
     pub api: ApiConfig,
+    /// Serve without tokens on an address other hosts can reach
+    /// (`--insecure-no-auth`); refused otherwise.
+    pub insecure_no_auth: bool,
 }
 
 /// Serves the API, with the built-in rules, until `shutdown` resolves;
@@ -55,6 +58,7 @@ pub async fn indexer(
             security: Security::default(),
             detection: Detection::default(),
             api: ApiConfig::default(),
+            insecure_no_auth: false,
         },
         shutdown,
     )
@@ -66,6 +70,7 @@ pub async fn run_indexer(
     indexer: Indexer,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    check_open_access(&indexer)?;
     let data = indexer.store.data_dir.clone();
     let running = detect::start(&data, &indexer.detection)?;
     let mut config = indexer.store;
@@ -132,6 +137,36 @@ pub async fn run_indexer(
     }
     tracing::info!("indexer stopped");
     result
+}
+
+/// Without tokens every endpoint is open: said once at start, and refused
+/// on an address other hosts can reach unless `--insecure-no-auth`.
+fn check_open_access(indexer: &Indexer) -> anyhow::Result<()> {
+    if indexer.security.options.tokens.is_some() {
+        return Ok(());
+    }
+    let exposed: Vec<SocketAddr> = std::iter::once(indexer.listen)
+        .chain(indexer.api_listen)
+        .filter(|a| !a.ip().is_loopback())
+        .collect();
+    if !exposed.is_empty() && !indexer.insecure_no_auth {
+        anyhow::bail!(
+            "refusing to serve without --tokens on {}, which other hosts can reach: every \
+             endpoint (search, ingest, alerts) would be open to them; give --tokens FILE, \
+             listen on a loopback address, or accept it with --insecure-no-auth",
+            exposed
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    tracing::warn!(
+        listen = %indexer.listen,
+        api_listen = ?indexer.api_listen,
+        "no --tokens: every endpoint (search, ingest, alert triage) is open to anyone who can reach this indexer"
+    );
+    Ok(())
 }
 
 async fn serve(

@@ -104,6 +104,8 @@ function showWho() {
     out.hidden = false;
   } else {
     out.hidden = true;
+    // Without tokens the API is open to anyone who can reach it: say so.
+    if (me && me.warning) who.append(h('span.badge.open', { title: me.warning }, 'open: no tokens'));
   }
   // Signed out, there is nowhere to go but the sign-in form.
   document.querySelector('header.top nav').hidden = !me;
