@@ -67,3 +67,30 @@ fn an_indexer_without_tokens_warns_once_and_whoami_says_so() {
     let out = indexer.output();
     assert_eq!(out.matches("no --tokens").count(), 1, "{out}");
 }
+
+/// Issue 15: `ward up` on a port in use printed that it was running, hung,
+/// and its collector shipped the demo into the other instance.
+#[test]
+fn ward_up_on_a_busy_port_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let args: Vec<String> = [
+        "up",
+        "--data",
+        &dir.path().join("data").display().to_string(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--no-demo",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut up = Process::start("up", dir.path(), &args);
+    let status = up.wait_exit(EXIT_GUARD).expect("ward up exits");
+    assert!(!status.success());
+    let out = up.output();
+    assert!(out.contains("already in use"), "{out}");
+    assert!(!out.contains("Ward is running"), "{out}");
+    drop(busy);
+}

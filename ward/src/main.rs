@@ -503,11 +503,21 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let data = std::path::absolute(&args.data).context("bad --data")?;
     let demo_dir = data.join("demo");
     let url = format!("http://{}", args.listen);
+    // Another instance (or anything) on the port would take the demo's
+    // collector's batches: fail now, before anything starts.
+    match std::net::TcpListener::bind(args.listen) {
+        Ok(probe) => drop(probe),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+            "{} is already in use (another `ward up` or indexer?): stop it or pick another --listen",
+            args.listen
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", args.listen)),
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let indexer = tokio::spawn({
+    let mut indexer = tokio::spawn({
         let data = data.join("indexer");
         let stop = stopped(stop_rx.clone());
         async move { serve::indexer(&data, args.listen, stop).await }
@@ -533,8 +543,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("  curl -s '{url}/api/v1/alerts?min_level=medium'   # alerts of the built-in rules");
     println!("Press Ctrl-C to stop.");
 
-    serve::shutdown_signal().await;
+    // Stop on a signal, or at once if the indexer fails (its port taken
+    // meanwhile, its data unreadable).
+    let indexer_result = tokio::select! {
+        () = serve::shutdown_signal() => None,
+        joined = &mut indexer => Some(joined),
+    };
     let _ = stop_tx.send(true);
+    if let Some(joined) = indexer_result {
+        joined.context("indexer panicked")??;
+        anyhow::bail!("the indexer stopped");
+    }
     if let Some(g) = generator {
         g.await.context("demo generator panicked")??;
     }
