@@ -28,6 +28,10 @@ pub enum ApiError {
     TooManyTails(String),
     #[error("the request took longer than {0} seconds")]
     Timeout(u64),
+    #[error("this indexer does not serve host {0:?}: use its address or --public-url")]
+    WrongHost(String),
+    #[error("content type {0:?} is not JSON: send application/json (or application/x-ndjson)")]
+    UnsupportedMediaType(String),
 }
 
 #[derive(Serialize)]
@@ -71,7 +75,10 @@ impl ApiError {
                 | Alerts::DumpIo(_),
             ) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedEncoding(_) | ApiError::UnsupportedMediaType(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            ApiError::WrongHost(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,

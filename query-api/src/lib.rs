@@ -18,6 +18,7 @@ mod export;
 mod ingest;
 mod live_tail;
 mod metrics;
+mod origin;
 mod rules;
 mod search;
 #[cfg(test)]
@@ -97,6 +98,9 @@ pub struct ApiOptions {
     /// Serve `/metrics` without a token even when tokens are configured
     /// (`--metrics-open`, for a scraper on a trusted network).
     pub metrics_open: bool,
+    /// When set, the `Host`s (`name[:port]`, lower case) browser-facing
+    /// endpoints answer; others get a 421 (see [`origin`]).
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -137,6 +141,11 @@ pub fn router_with(store: Store, config: ApiConfig, options: ApiOptions) -> Rout
     ingest_routes(state.clone())
         .merge(api_routes(state.clone()))
         .fallback(get(dashboard))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            origin::check_host,
+        ))
+        .layer(axum::middleware::from_fn(origin::require_json))
         .with_state(state)
 }
 
@@ -148,6 +157,7 @@ pub fn ingest_router(store: Store, config: ApiConfig, options: ApiOptions) -> Ro
     ingest_routes(state.clone())
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(uri.path().to_owned()) })
+        .layer(axum::middleware::from_fn(origin::require_json))
         .with_state(state)
 }
 
@@ -157,6 +167,11 @@ pub fn api_router(store: Store, config: ApiConfig, options: ApiOptions) -> Route
     let state = AppState::new(store, config, options);
     api_routes(state.clone())
         .fallback(get(dashboard))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            origin::check_host,
+        ))
+        .layer(axum::middleware::from_fn(origin::require_json))
         .with_state(state)
 }
 

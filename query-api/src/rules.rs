@@ -182,6 +182,7 @@ mod tests {
                     .method("POST")
                     .uri("/api/v1/k8s/audit")
                     .header("authorization", "Bearer collector-token-1234567")
+                    .header("content-type", "application/json")
                     .body(Body::from(body.to_string()))
                     .unwrap(),
             )

@@ -325,3 +325,83 @@ async fn ward_audit_trail_stays_out_of_queries_that_do_not_ask_for_it() {
     assert!(!first.contains("\"source\":\"ward\""), "{first}");
     store.shutdown().await;
 }
+
+/// Issue 15: a page on another site could POST `text/plain` NDJSON to the
+/// ingest endpoint (stored) and reach the API through a rebound DNS name.
+#[tokio::test]
+async fn cross_site_requests_can_neither_store_nor_rebind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+    let options = ward_query_api::ApiOptions {
+        allowed_hosts: Some(vec!["127.0.0.1:7171".into(), "localhost:7171".into()]),
+        ..Default::default()
+    };
+    let config = ApiConfig {
+        audit_trail: false,
+        ..ApiConfig::default()
+    };
+    let app = ward_query_api::router_with(store.clone(), config, options);
+    let with = |method: &str, uri: &str, host: &str, ty: Option<&str>, body: Vec<u8>| {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, host);
+        if let Some(t) = ty {
+            b = b.header(header::CONTENT_TYPE, t);
+        }
+        b.body(Body::from(body)).unwrap()
+    };
+    for ty in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let req = with("POST", "/api/v1/ingest", "127.0.0.1:7171", ty, batch(2));
+        let (status, body) = call(&app, req).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ty:?}: {body}");
+        let audit = with(
+            "POST",
+            "/api/v1/k8s/audit",
+            "127.0.0.1:7171",
+            ty,
+            b"{}".to_vec(),
+        );
+        assert_eq!(
+            call(&app, audit).await.0,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+    }
+    let (_, body) = call(
+        &app,
+        with("GET", "/api/v1/search", "localhost:7171", None, vec![]),
+    )
+    .await;
+    assert_eq!(body["total"], 0, "nothing stored: {body}");
+    // What collectors and the API server send is taken.
+    let req = with(
+        "POST",
+        "/api/v1/ingest",
+        "indexer.ward-system.svc:7171",
+        Some(wire::CONTENT_TYPE),
+        batch(2),
+    );
+    assert_eq!(call(&app, req).await.0, StatusCode::OK);
+
+    // A rebound name reaches neither the API nor the dashboard; probes,
+    // metrics and ingest answer any Host.
+    for uri in ["/api/v1/search", "/", "/api/v1/whoami"] {
+        let req = with("GET", uri, "evil.example:7171", None, vec![]);
+        assert_eq!(
+            call(&app, req).await.0,
+            StatusCode::MISDIRECTED_REQUEST,
+            "{uri}"
+        );
+        let req = with("GET", uri, "localhost:7171", None, vec![]);
+        assert_eq!(call(&app, req).await.0, StatusCode::OK, "{uri}");
+    }
+    for uri in ["/healthz", "/metrics"] {
+        let req = with("GET", uri, "10.1.2.3:7171", None, vec![]);
+        assert_eq!(call(&app, req).await.0, StatusCode::OK, "{uri}");
+    }
+    store.shutdown().await;
+}

@@ -383,6 +383,7 @@ async fn roles_scopes_rate_limits_and_the_audit_trail() {
     };
     let ingest = |token: &str| {
         Request::post("/api/v1/ingest")
+            .header(header::CONTENT_TYPE, "application/x-ndjson")
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .body(Body::from(batch.clone()))
             .unwrap()
@@ -451,6 +452,7 @@ async fn roles_scopes_rate_limits_and_the_audit_trail() {
     let mut w = BatchWriter::new();
     w.push(&forged).unwrap();
     let req = Request::post("/api/v1/ingest")
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
         .header(header::AUTHORIZATION, "Bearer admin-token-000000000")
         .body(Body::from(w.take()))
         .unwrap();
@@ -593,6 +595,7 @@ async fn refused_requests_are_in_the_audit_trail_within_bounds() {
     // Ingest without a valid token.
     let req = from(
         Request::post("/api/v1/ingest")
+            .header(header::CONTENT_TYPE, "application/x-ndjson")
             .header(header::AUTHORIZATION, "Bearer viewer-token-00000000")
             .body(Body::from("{}"))
             .unwrap(),

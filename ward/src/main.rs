@@ -135,6 +135,11 @@ struct IndexerArgs {
     /// the audit webhook need a collector, audit-webhook, ingest or admin token.
     #[arg(long)]
     tokens: Option<PathBuf>,
+    /// The URL browsers use to reach the dashboard and API (repeatable), e.g.
+    /// `https://ward.example.com`: its host is accepted in `Host`, besides
+    /// the listen addresses (DNS-rebinding defence).
+    #[arg(long = "public-url")]
+    public_urls: Vec<String>,
     /// Serve without --tokens on an address other hosts can reach (every
     /// endpoint open to them); refused otherwise.
     #[arg(long, conflicts_with = "tokens")]
@@ -234,6 +239,10 @@ impl IndexerArgs {
                 cluster: self.cluster.clone(),
                 alerts: None,
                 metrics_open: self.metrics_open,
+                allowed_hosts: allowed_hosts(
+                    std::iter::once(self.listen).chain(self.api_listen),
+                    &self.public_urls,
+                )?,
             },
         })
     }
@@ -422,6 +431,65 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
+/// The `Host`s browser-facing endpoints answer: each listen address
+/// (`localhost` too for a loopback one) and each `--public-url`'s host.
+/// `None` (not checked) when every address is unspecified (`0.0.0.0`) and
+/// no public URL names the host browsers use.
+pub(crate) fn allowed_hosts(
+    listens: impl Iterator<Item = SocketAddr>,
+    public_urls: &[String],
+) -> anyhow::Result<Option<Vec<String>>> {
+    let mut hosts = Vec::new();
+    for addr in listens {
+        let port = addr.port();
+        if addr.ip().is_unspecified() {
+            continue;
+        }
+        hosts.push(addr.to_string());
+        if addr.ip().is_loopback() {
+            hosts.extend([
+                format!("localhost:{port}"),
+                format!("127.0.0.1:{port}"),
+                format!("[::1]:{port}"),
+            ]);
+        }
+    }
+    for url in public_urls {
+        let (scheme, rest) = url
+            .split_once("://")
+            .with_context(|| format!("--public-url {url:?}: not a URL (https://host[:port])"))?;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let authority = authority
+            .rsplit('@')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if authority.is_empty() {
+            anyhow::bail!("--public-url {url:?} names no host");
+        }
+        let has_port = authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !authority.ends_with(']');
+        if !has_port {
+            let default = if scheme.eq_ignore_ascii_case("https") {
+                443
+            } else {
+                80
+            };
+            hosts.push(format!("{authority}:{default}"));
+        }
+        hosts.push(authority);
+    }
+    if hosts.is_empty() {
+        tracing::info!(
+            "the Host header is not checked: every listen address is unspecified and no --public-url was given"
+        );
+        return Ok(None);
+    }
+    Ok(Some(hosts))
+}
+
 /// `ward verify`: exit status 0 only when everything is intact.
 fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     let key = args
@@ -568,6 +636,36 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::parse_size;
+
+    #[test]
+    fn allowed_hosts_come_from_listen_addresses_and_public_urls() {
+        let listens = [
+            "127.0.0.1:7171".parse().unwrap(),
+            "0.0.0.0:7172".parse().unwrap(),
+        ];
+        let hosts = super::allowed_hosts(
+            listens.into_iter(),
+            &[
+                "https://Ward.Example.com/ui".into(),
+                "http://10.0.0.5:8080".into(),
+            ],
+        )
+        .unwrap()
+        .unwrap();
+        for want in [
+            "127.0.0.1:7171",
+            "localhost:7171",
+            "ward.example.com",
+            "ward.example.com:443",
+            "10.0.0.5:8080",
+        ] {
+            assert!(hosts.iter().any(|h| h == want), "{want} in {hosts:?}");
+        }
+        assert!(!hosts.iter().any(|h| h.ends_with(":7172")), "{hosts:?}");
+        let open = super::allowed_hosts(["0.0.0.0:7171".parse().unwrap()].into_iter(), &[]);
+        assert_eq!(open.unwrap(), None);
+        assert!(super::allowed_hosts(std::iter::empty(), &["ward.example.com".into()]).is_err());
+    }
 
     #[test]
     fn sizes_take_binary_units() {

@@ -55,7 +55,13 @@ pub async fn indexer(
             store: StoreConfig::new(data),
             listen,
             api_listen: None,
-            security: Security::default(),
+            security: Security {
+                options: ApiOptions {
+                    allowed_hosts: crate::allowed_hosts(std::iter::once(listen), &[])?,
+                    ..ApiOptions::default()
+                },
+                ..Security::default()
+            },
             detection: Detection::default(),
             api: ApiConfig::default(),
             insecure_no_auth: false,
