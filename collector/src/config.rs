@@ -46,6 +46,13 @@ pub struct CollectorConfig {
     pub token_file: Option<PathBuf>,
     /// Where to accept API server audit webhook requests.
     pub audit_webhook: Option<SocketAddr>,
+    /// TLS of the audit webhook listener: certificate chain and key (PEM),
+    /// and a CA the API server's client certificate must chain to.
+    pub audit_webhook_tls: Option<(PathBuf, PathBuf)>,
+    pub audit_webhook_client_ca: Option<PathBuf>,
+    /// A file holding the bearer token the API server must present to the
+    /// audit webhook (compared in constant time, never logged).
+    pub audit_webhook_token_file: Option<PathBuf>,
     /// Largest audit webhook body accepted.
     pub webhook_max_body_bytes: usize,
     /// Where to serve `GET /metrics`.
@@ -104,6 +111,9 @@ impl CollectorConfig {
             client_key: None,
             token_file: None,
             audit_webhook: None,
+            audit_webhook_tls: None,
+            audit_webhook_client_ca: None,
+            audit_webhook_token_file: None,
             webhook_max_body_bytes: 16 * 1024 * 1024,
             metrics_listen: None,
             kube_api: None,

@@ -61,7 +61,7 @@ pub async fn run(
     };
     // Bind before anything starts, so that a bad address fails the start.
     let webhook_listener = match config.audit_webhook {
-        Some(addr) => Some(webhook::bind(addr).await?),
+        Some(addr) => Some((webhook::bind(addr).await?, webhook::Guard::load(&config)?)),
         None => None,
     };
     let metrics_listener = match config.metrics_listen {
@@ -70,11 +70,11 @@ pub async fn run(
     };
     let shipper = Shipper::new(&config, metrics.clone())?;
     let mut servers = Vec::new();
-    if let Some(listener) = webhook_listener {
+    if let Some((listener, guard)) = webhook_listener {
         let (tx, config, metrics) = (batches_tx.clone(), config.clone(), metrics.clone());
         let stop = stopped(servers_stop_rx.clone());
         servers.push(tokio::spawn(async move {
-            webhook::serve(listener, tx, &config, metrics, stop).await
+            webhook::serve(listener, guard, tx, &config, metrics, stop).await
         }));
     }
     if let Some(listener) = metrics_listener {

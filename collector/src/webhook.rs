@@ -7,6 +7,12 @@
 //! events, so nothing earlier may say so. 400 (with the reason) for a body
 //! that is not audit JSON, 413 over the size bound, 503 when the batch could
 //! not be made durable (the API server retries).
+//!
+//! Like the indexer's listener, it takes TLS (`--audit-webhook-tls-cert`,
+//! `--audit-webhook-tls-key`, with `--audit-webhook-client-ca` to require
+//! the API server's client certificate) and a bearer token
+//! (`--audit-webhook-token-file`, compared in constant time, never
+//! logged): without them anyone who reaches the port can add audit events.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +28,70 @@ use tokio::sync::{mpsc, oneshot};
 use crate::Error;
 use crate::metrics::Metrics;
 use crate::tail::{Batch, Body};
+
+/// The audit webhook's TLS and token, read at start.
+pub(crate) struct Guard {
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    token: Option<Vec<u8>>,
+}
+
+impl Guard {
+    /// Reads the certificate, key, client CA and token files the config
+    /// names (so a bad one fails the start).
+    pub(crate) fn load(config: &crate::CollectorConfig) -> Result<Guard, Error> {
+        let tls = match &config.audit_webhook_tls {
+            Some((cert, key)) => Some(
+                ward_tls::server_config(cert, key, config.audit_webhook_client_ca.as_deref())
+                    .map_err(|e| Error::Config(format!("audit webhook tls: {e}")))?,
+            ),
+            None if config.audit_webhook_client_ca.is_some() => {
+                return Err(Error::Config(
+                    "the audit webhook's client CA needs its tls certificate and key".into(),
+                ));
+            }
+            None => None,
+        };
+        let token = match &config.audit_webhook_token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(Error::Config(format!("{} holds no token", path.display())));
+                }
+                Some(token.as_bytes().to_vec())
+            }
+            None => None,
+        };
+        Ok(Guard { tls, token })
+    }
+}
+
+/// 401 unless the request carries the configured token.
+async fn require_token(
+    token: std::sync::Arc<Vec<u8>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use subtle::ConstantTimeEq;
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .map(<[u8]>::trim_ascii)
+        .unwrap_or_default();
+    if bool::from(presented.ct_eq(token.as_slice())) {
+        return next.run(request).await;
+    }
+    tracing::info!("audit webhook request without the configured token refused");
+    (
+        StatusCode::UNAUTHORIZED,
+        [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+        "a valid bearer token is required\n",
+    )
+        .into_response()
+}
 
 #[derive(Clone)]
 struct Hook {
@@ -41,6 +111,7 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Er
 /// Serves the webhook until `shutdown` resolves.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
+    guard: Guard,
     batches: mpsc::Sender<Batch>,
     config: &crate::CollectorConfig,
     metrics: Arc<Metrics>,
@@ -53,24 +124,44 @@ pub(crate) async fn serve(
         metrics,
     };
     let limit = config.webhook_max_body_bytes;
+    let mut receive_route = post(receive)
+        .layer(DefaultBodyLimit::max(config.webhook_max_body_bytes))
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                reject_declared_oversize(limit, request, next)
+            },
+        ));
+    if let Some(token) = guard.token {
+        let token = Arc::new(token);
+        receive_route = receive_route.layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                require_token(token.clone(), request, next)
+            },
+        ));
+    }
     let app = Router::new()
-        .route(
-            "/api/v1/k8s/audit",
-            post(receive)
-                .layer(DefaultBodyLimit::max(config.webhook_max_body_bytes))
-                .layer(axum::middleware::from_fn(
-                    move |request: axum::extract::Request, next: axum::middleware::Next| {
-                        reject_declared_oversize(limit, request, next)
-                    },
-                )),
-        )
+        .route("/api/v1/k8s/audit", receive_route)
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(hook);
-    tracing::info!(listen = ?listener.local_addr().ok(), "audit webhook listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::Stopped(format!("audit webhook: {e}")))
+    tracing::info!(
+        listen = ?listener.local_addr().ok(),
+        tls = guard.tls.is_some(),
+        "audit webhook listening"
+    );
+    let stopped = |e: std::io::Error| Error::Stopped(format!("audit webhook: {e}"));
+    match guard.tls {
+        Some(tls) => {
+            let listener = ward_tls::TlsListener::new(listener, tls).map_err(stopped)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(stopped)
+        }
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(stopped),
+    }
 }
 
 /// 413 at once when the declared `Content-Length` is over the bound,

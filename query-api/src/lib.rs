@@ -24,7 +24,6 @@ mod search;
 #[cfg(test)]
 mod test_support;
 mod timeline;
-pub mod tls;
 mod webhook;
 mod whoami;
 
@@ -40,6 +39,8 @@ use ward_indexer::Store;
 
 pub use alerts::AlertsApi;
 pub use error::ApiError;
+/// The TLS listener (shared with the collector's audit webhook).
+pub use ward_tls as tls;
 
 /// Limits of the API.
 #[derive(Debug, Clone)]

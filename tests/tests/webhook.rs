@@ -221,3 +221,66 @@ fn collector_webhook_answers_only_once_events_are_durable() {
         events.len() as f64
     );
 }
+
+/// Issue 15: the collector's audit webhook took events from anyone who
+/// reached its port, in the clear. It now serves TLS and requires a token,
+/// like the indexer's listener.
+#[test]
+fn collector_webhook_takes_tls_and_a_token() {
+    let mut rig = Rig::new();
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = ward_e2e::TestPki::generate(pki_dir.path());
+    let token_file = pki_dir.path().join("webhook-token");
+    ward_e2e::write_secret(&token_file, "webhook-secret-0123456789\n");
+    let hook = format!("127.0.0.1:{}", free_port());
+    let p = |path: &std::path::Path| path.display().to_string();
+    rig.start_collector(&[
+        "--audit-webhook",
+        &hook,
+        "--audit-webhook-tls-cert",
+        &p(&pki.server_cert),
+        "--audit-webhook-tls-key",
+        &p(&pki.server_key),
+        "--audit-webhook-token-file",
+        &p(&token_file),
+    ]);
+    let tls = Client::with_http(format!("https://{hook}"), pki.client(None));
+    wait_until("the webhook listens", WAIT, || {
+        tls.http()
+            .get(format!("https://{hook}/healthz"))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+    });
+    let url = format!("https://{hook}/api/v1/k8s/audit");
+    let (body, events) = event_list(5);
+    for token in [None, Some("webhook-secret-012345678"), Some("nope")] {
+        let (status, _) = post(&tls, &url, token, body.clone().into_bytes());
+        assert_eq!(status, 401, "{token:?}");
+    }
+    let plain = rig
+        .client
+        .http()
+        .post(format!("http://{hook}/api/v1/k8s/audit"))
+        .header("content-type", "application/json")
+        .bearer_auth("webhook-secret-0123456789")
+        .body(body.clone())
+        .send();
+    assert!(
+        plain.is_err() || !plain.unwrap().status().is_success(),
+        "plain HTTP is not served"
+    );
+    let (status, text) = post(
+        &tls,
+        &url,
+        Some("webhook-secret-0123456789"),
+        body.into_bytes(),
+    );
+    assert_eq!(status, 200, "{text}");
+    rig.start_indexer();
+    rig.client.wait_for_total(
+        "source:audit AND node:e2e\\-node\\-1",
+        events.len() as u64,
+        WAIT,
+    );
+}

@@ -308,6 +308,18 @@ struct CollectorArgs {
     /// Accept the API server's audit webhook on this address (`POST /api/v1/k8s/audit`).
     #[arg(long)]
     audit_webhook: Option<SocketAddr>,
+    /// PEM certificate chain the audit webhook serves TLS with (needs --audit-webhook-tls-key).
+    #[arg(long, requires_all = ["audit_webhook", "audit_webhook_tls_key"])]
+    audit_webhook_tls_cert: Option<PathBuf>,
+    /// PEM private key of --audit-webhook-tls-cert.
+    #[arg(long, requires = "audit_webhook_tls_cert")]
+    audit_webhook_tls_key: Option<PathBuf>,
+    /// PEM CA bundle: the API server must present a client certificate it issued.
+    #[arg(long, requires = "audit_webhook_tls_cert")]
+    audit_webhook_client_ca: Option<PathBuf>,
+    /// File holding the bearer token the API server must send to the audit webhook.
+    #[arg(long, requires = "audit_webhook")]
+    audit_webhook_token_file: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (`GET /metrics`).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -352,6 +364,9 @@ impl CollectorArgs {
         config.client_key = self.client_key;
         config.token_file = self.token_file;
         config.audit_webhook = self.audit_webhook;
+        config.audit_webhook_tls = self.audit_webhook_tls_cert.zip(self.audit_webhook_tls_key);
+        config.audit_webhook_client_ca = self.audit_webhook_client_ca;
+        config.audit_webhook_token_file = self.audit_webhook_token_file;
         config.metrics_listen = self.metrics_listen;
         config.kube_api = match (self.kube_metadata, self.kube_api_server) {
             (false, _) => None,

@@ -1,5 +1,7 @@
-//! TLS for the indexer's listener (`--tls-cert`, `--tls-key`, and
-//! `--client-ca` to require client certificates: mutual TLS).
+//! TLS for Ward's listeners: the indexer's (`--tls-cert`, `--tls-key`, and
+//! `--client-ca` to require client certificates: mutual TLS) and the
+//! collector's audit webhook (`--audit-webhook-tls-cert`, `-key`,
+//! `--audit-webhook-client-ca`).
 //!
 //! Built on tokio-rustls with axum's own `serve` through its `Listener`
 //! trait, rather than a server framework of its own (axum-server), to keep
