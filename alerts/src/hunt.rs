@@ -237,21 +237,10 @@ mod tests {
             "objectRef": {"resource": "pods", "namespace": namespace, "name": format!("p{i}")},
             "user": {"username": format!("user-{namespace}")},
         });
-        let serde_json::Value::Object(event) = event else {
-            unreachable!()
-        };
-        ward_event::Record {
-            id: format!("audit:a-{i}"),
-            source: ward_event::SourceKind::Audit,
-            timestamp: at,
-            cluster: None,
-            node: None,
-            flags: vec![],
-            parse_error: None,
-            file: None,
-            offset: None,
-            event,
-        }
+        let record = serde_json::json!({
+            "id": format!("audit:a-{i}"), "source": "audit", "timestamp": at, "event": event,
+        });
+        serde_json::from_value(record).unwrap()
     }
 
     fn whole_range(namespaces: Option<Vec<String>>) -> HuntRequest {

@@ -136,20 +136,7 @@ pub(crate) async fn guard(
         }
     };
     let (caller, response) = match identity {
-        Err((known, e)) => {
-            let response = e.into_response();
-            record_refusal(
-                &state,
-                Refusal {
-                    caller: &Caller::new(known),
-                    endpoint: &path,
-                    params: &params,
-                    status: response.status().as_u16(),
-                    client: client_addr(&request),
-                },
-            );
-            return response;
-        }
+        Err((known, e)) => return refuse(&state, &request, known, e),
         Ok(identity) => {
             let caller = Caller::new(identity);
             request.extensions_mut().insert(caller.clone());
@@ -189,6 +176,28 @@ pub(crate) fn client_addr(request: &Request) -> Option<SocketAddr> {
         .extensions()
         .get::<ConnectInfo<ClientAddr>>()
         .map(|c| c.0.0)
+}
+
+/// The answer to a refused request, recorded in the audit trail (with
+/// the caller when its token was valid).
+pub(crate) fn refuse(
+    state: &AppState,
+    request: &Request,
+    known: Option<crate::auth::Identity>,
+    error: ApiError,
+) -> Response {
+    let response = error.into_response();
+    record_refusal(
+        state,
+        Refusal {
+            caller: &Caller::new(known),
+            endpoint: request.uri().path(),
+            params: request.uri().query().unwrap_or(""),
+            status: response.status().as_u16(),
+            client: client_addr(request),
+        },
+    );
+    response
 }
 
 /// A refused request, for the audit trail.

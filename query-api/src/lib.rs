@@ -289,18 +289,7 @@ async fn require_ingest_token(
             .is_some_and(auth::Role::may_ingest)
         {
             tracing::info!(path = %request.uri().path(), "ingest without a valid token refused");
-            let response = ApiError::Unauthorized.into_response();
-            access::record_refusal(
-                &state,
-                access::Refusal {
-                    caller: &auth::Caller::new(None),
-                    endpoint: request.uri().path(),
-                    params: request.uri().query().unwrap_or(""),
-                    status: response.status().as_u16(),
-                    client: access::client_addr(&request),
-                },
-            );
-            return response;
+            return access::refuse(&state, &request, None, ApiError::Unauthorized);
         }
     }
     next.run(request).await

@@ -18,7 +18,7 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::{Action, Caller};
+use crate::auth::Action;
 use crate::{ApiError, AppState, access};
 
 /// With tokens configured (and without `--metrics-open`): an unscoped
@@ -48,21 +48,10 @@ pub(crate) async fn require_token(
         )),
         Some(_) => None,
     };
-    let Some((known, error)) = refusal else {
-        return next.run(request).await;
-    };
-    let response = error.into_response();
-    access::record_refusal(
-        &state,
-        access::Refusal {
-            caller: &Caller::new(known),
-            endpoint: request.uri().path(),
-            params: request.uri().query().unwrap_or(""),
-            status: response.status().as_u16(),
-            client: access::client_addr(&request),
-        },
-    );
-    response
+    match refusal {
+        None => next.run(request).await,
+        Some((known, error)) => access::refuse(&state, &request, known, error),
+    }
 }
 
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
