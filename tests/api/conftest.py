@@ -171,6 +171,7 @@ def server(tmp_path_factory) -> Server:
     root = tmp_path_factory.mktemp("ward-api")
     tokens = root / "tokens"
     tokens.write_text("\n".join(TOKENS.values()) + "\n")
+    tokens.chmod(0o600)  # ward refuses a tokens file others may read
     corpora = rewrite_corpora(root)
     port = free_port()
     log = root / "indexer.log"

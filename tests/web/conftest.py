@@ -160,6 +160,7 @@ def ward():
             for role in TOKENS
         )
     )
+    tokens.chmod(0o600)  # ward refuses a tokens file others may read
     port = free_port()
     log = tmp / "ward.log"
     proc = subprocess.Popen(
