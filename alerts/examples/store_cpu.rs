@@ -14,8 +14,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-
 use serde_json::{Map, Value};
 use ward_alerts::{AlertStore, NewAlert};
 use ward_rules::{Engine, RuleSet, event_time};
@@ -51,7 +49,7 @@ fn main() {
             other => panic!("unknown argument {other}"),
         }
     }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
+    let dir = ward_testdata::fixtures();
     let mut templates: Vec<Map<String, Value>> = Vec::new();
     for rel in [
         "falco-traces/falco_k8s_audit_traces.jsonl",

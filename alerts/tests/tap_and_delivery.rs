@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,9 +18,7 @@ use ward_indexer::{IngestTap, ParsedRecord};
 use ward_rules::RuleSet;
 
 fn fixture(name: &str) -> Map<String, Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/falco-traces")
-        .join(name);
+    let path = ward_testdata::fixtures().join("falco-traces").join(name);
     let text = std::fs::read_to_string(path).unwrap();
     serde_json::from_str(text.lines().next().unwrap()).unwrap()
 }

@@ -1,17 +1,13 @@
-//! The audit parser on real API server events from the shared fixtures.
+//! The audit parser on real API server events from the fixtures of `testdata/`.
 
 // Test helpers outside #[test] functions may unwrap too: a panic is a test failure.
 #![allow(clippy::unwrap_used)]
-
-use std::path::PathBuf;
 
 use ward_event::audit::{Parsed, parse_line};
 use ward_event::{Error, cri, docker};
 
 fn fixture(path: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures")
-        .join(path);
+    let p = ward_testdata::fixtures().join(path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 

@@ -10,7 +10,7 @@
 //! PATH` (where index and NDJSON go; a temporary directory by default,
 //! removed at the end), `--keep` (leave them).
 //!
-//! **Corpus.** The shared fixtures' audit events (Falco, Panther,
+//! **Corpus.** The audit events of `testdata/` (Falco, Panther,
 //! audit2rbac) are the shapes; request and response bodies are dropped, as
 //! the `Metadata` level of an audit policy does for most resources, and so
 //! are Panther's `p_*` enrichment keys and `impersonatedUser`. 70% of the

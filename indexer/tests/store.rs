@@ -1,4 +1,4 @@
-//! Store tests on the shared audit fixtures: what goes in comes back, and
+//! Store tests on the audit fixtures of `testdata/`: what goes in comes back, and
 //! each query operator selects exactly the events an independent reading of
 //! the JSON says it should.
 
@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -16,11 +15,7 @@ use ward_event::{Flag, Record, SourceKind};
 use ward_indexer::document::lookup;
 use ward_indexer::{Error, SearchRequest, Store, StoreConfig};
 
-fn fixtures() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
-    assert!(dir.is_dir(), "shared fixtures missing at {}", dir.display());
-    dir
-}
+use ward_testdata::fixtures;
 
 /// Every audit event of the three corpora, as the collector would send them,
 /// except repeats of an identical event (same `auditID`, `stage` and

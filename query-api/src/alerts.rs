@@ -451,8 +451,7 @@ mod tests {
     }
 
     fn exec_event_list() -> String {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/falco-traces/exec_pod.json");
+        let path = ward_testdata::fixtures().join("falco-traces/exec_pod.json");
         let text = std::fs::read_to_string(path).unwrap();
         let event: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": [event]}).to_string()

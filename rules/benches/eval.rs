@@ -1,15 +1,14 @@
-//! Throughput of the whole built-in pack on pre-parsed events (the shared
-//! fixture corpora, parsed once up front, as the indexer hands them over).
+//! Throughput of the whole built-in pack on pre-parsed events (the audit
+//! corpora of `testdata/`, parsed once up front, as the indexer hands them
+//! over).
 //! Goal: at least 500,000 events/s per core.
-
-use std::path::PathBuf;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Map, Value};
 use ward_rules::{Engine, RuleSet, event_time};
 
 fn corpus() -> Vec<(Map<String, Value>, chrono::DateTime<chrono::Utc>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
+    let dir = ward_testdata::fixtures();
     let mut out = Vec::new();
     for rel in [
         "falco-traces/falco_k8s_audit_traces.jsonl",

@@ -11,8 +11,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-
 use serde_json::{Map, Value};
 use ward_rules::{Engine, RuleSet, event_time};
 
@@ -31,7 +29,7 @@ fn main() {
             secs = args.next().and_then(|v| v.parse().ok()).expect("--secs N");
         }
     }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
+    let dir = ward_testdata::fixtures();
     let mut events: Vec<(Map<String, Value>, chrono::DateTime<chrono::Utc>)> = Vec::new();
     for rel in [
         "falco-traces/falco_k8s_audit_traces.jsonl",

@@ -292,12 +292,7 @@ pub fn falco_event_list(traces: &[&str]) -> String {
         .to_string()
 }
 
-/// The shared fixtures beside the repository.
-pub fn fixtures() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
-    assert!(dir.is_dir(), "shared fixtures missing at {}", dir.display());
-    dir
-}
+pub use ward_testdata::fixtures;
 
 impl Client {
     /// A client of `base` that uses `http` (for TLS: a CA, a client certificate).

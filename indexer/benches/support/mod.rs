@@ -27,7 +27,7 @@ use ward_indexer::document::{Prepared, TreeRecord};
 use ward_indexer::schema::WardSchema;
 use ward_indexer::{Store, StoreConfig};
 
-/// The shared audit fixtures (310 events in all).
+/// The audit corpora of the test data (310 events in all).
 pub const FIXTURES: &[&str] = &[
     "falco-traces/falco_k8s_audit_traces.jsonl",
     "panther-k8s/panther_k8s_audit_events.jsonl",
@@ -42,7 +42,7 @@ pub const ZSTD_LEVEL: i32 = 3;
 pub const DECOMPRESS_LIMIT: usize = 64 * 1024 * 1024;
 
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+    ward_testdata::fixtures()
 }
 
 /// The fixture events, parsed once. An event repeated byte for byte in

@@ -1,27 +1,13 @@
-//! Shared helpers: where the research fixtures live and how to read them.
-//!
-//! The fixtures are not copied into the repository: CI checks out
-//! `shared/` beside the repo, so they are read from `../shared/fixtures`
-//! relative to the workspace root (see `fixtures/ORIGIN.md`). A missing
-//! folder fails the test loudly rather than skipping it.
+//! Shared helpers: where the research fixtures live (`testdata/`, see
+//! `testdata/ORIGIN.md`) and how to read them.
 
 #![allow(dead_code)]
-
-use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use ward_rules::{Alert, Engine, Level, RuleSet};
 
-pub fn fixtures() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
-    assert!(
-        dir.join("README.txt").is_file(),
-        "research fixtures not found at {} (expected shared/ beside the repository)",
-        dir.display()
-    );
-    dir
-}
+pub use ward_testdata::fixtures;
 
 /// The events of a JSONL file with their 1-based line numbers.
 pub fn jsonl(rel: &str) -> Vec<(usize, Map<String, Value>)> {
