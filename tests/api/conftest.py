@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,9 @@ import requests
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]  # tests/api -> tests -> repo root
+sys.path.insert(0, str(HERE.parent))  # tests/: ward_testdata, where testdata/ is
+
+import ward_testdata  # noqa: E402
 
 # One token per role the tests use; the labels name them in the audit trail.
 TOKENS = {
@@ -36,20 +40,12 @@ TOKENS = {
     "viewer": "viewer/pytest-viewer:view-0123456789abcdef",
 }
 
-# (short name, path under shared/fixtures): the corpora EXPECTED_SIGMA_HITS.txt covers.
+# (short name, path under testdata/): the corpora EXPECTED_SIGMA_HITS.txt covers.
 CORPORA = [
     ("falco", "falco-traces/falco_k8s_audit_traces.jsonl"),
     ("panther", "panther-k8s/panther_k8s_audit_events.jsonl"),
     ("audit2rbac", "audit2rbac/demo.log"),
 ]
-
-
-def shared_fixtures() -> Path:
-    """shared/ sits beside the repository (/work/shared next to a work tree
-    in /work, and beside the fresh clone in CI); WARD_SHARED_DIR overrides it."""
-    override = os.environ.get("WARD_SHARED_DIR")
-    root = Path(override) if override else REPO.parent / "shared"
-    return root / "fixtures"
 
 
 def ward_bin() -> Path:
@@ -134,8 +130,8 @@ def shout(event: dict) -> dict:
 
 def rewrite_corpora(out: Path) -> list[Corpus]:
     corpora = []
-    sources = [(name, shared_fixtures() / rel, False) for name, rel in CORPORA]
-    sources += [("shouting", shared_fixtures() / rel, True) for _, rel in CORPORA[:2]]
+    sources = [(name, ward_testdata.fixtures() / rel, False) for name, rel in CORPORA]
+    sources += [("shouting", ward_testdata.fixtures() / rel, True) for _, rel in CORPORA[:2]]
     lines_of: dict[str, list[str]] = {}
     for name, source, shouted in sources:
         lines = [line for line in source.read_text().splitlines() if line.strip()]

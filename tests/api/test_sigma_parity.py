@@ -23,9 +23,10 @@ import pytest
 from sigma.backends.elasticsearch import LuceneBackend
 from sigma.collection import SigmaCollection
 
-from conftest import shared_fixtures, ward_bin
+import ward_testdata
+from conftest import ward_bin
 
-RULES = sorted((shared_fixtures() / "sigma-k8s").glob("*.yml"))
+RULES = sorted((ward_testdata.fixtures() / "sigma-k8s").glob("*.yml"))
 
 # EXPECTED_SIGMA_HITS.txt names corpora by path; conftest names them short.
 CORPUS_OF_HEADER = {
@@ -39,7 +40,7 @@ def expected_hits() -> dict[str, set[str]]:
     """Rule file name -> the rewritten auditIDs of its expected hits."""
     hits: dict[str, set[str]] = {}
     corpus = None
-    for line in (shared_fixtures() / "EXPECTED_SIGMA_HITS.txt").read_text().splitlines():
+    for line in (ward_testdata.fixtures() / "EXPECTED_SIGMA_HITS.txt").read_text().splitlines():
         if line.startswith("== "):
             corpus = CORPUS_OF_HEADER[line[3:].strip()]
             continue

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # tests/: ward_testdata, where testdata/ is
 
 import kustomize_lite  # noqa: E402
 
@@ -22,14 +22,6 @@ PRODUCTION = KUBERNETES / "overlays" / "production"
 COMPONENTS = KUBERNETES / "components"
 AUDIT_POLICY = DEPLOY / "audit" / "audit-policy.yaml"
 RULES_BUILTIN = REPO / "rules" / "builtin"
-
-
-def shared_fixtures() -> Path:
-    """shared/ sits beside the repository: /work/shared next to /work/main here,
-    and beside the fresh clone in CI. WARD_SHARED_DIR overrides it."""
-    override = os.environ.get("WARD_SHARED_DIR")
-    root = Path(override) if override else Path(__file__).resolve().parents[3] / "shared"
-    return root / "fixtures"
 
 
 def write_placeholder_secrets(overlay: Path) -> None:

@@ -13,12 +13,13 @@ import pytest
 import yaml
 
 import audit_policy as ap
+import ward_testdata
 from audit_policy import Request, evaluate, level_rank
-from conftest import AUDIT_POLICY, DEPLOY, RULES_BUILTIN, shared_fixtures
+from conftest import AUDIT_POLICY, DEPLOY, RULES_BUILTIN
 
-FALCO_TRACES = shared_fixtures() / "falco-traces" / "falco_k8s_audit_traces.jsonl"
-PANTHER_EVENTS = shared_fixtures() / "panther-k8s" / "panther_k8s_audit_events.jsonl"
-PANTHER_LABELS = shared_fixtures() / "panther-k8s" / "panther_k8s_audit_labels.tsv"
+FALCO_TRACES = ward_testdata.fixtures() / "falco-traces" / "falco_k8s_audit_traces.jsonl"
+PANTHER_EVENTS = ward_testdata.fixtures() / "panther-k8s" / "panther_k8s_audit_events.jsonl"
+PANTHER_LABELS = ward_testdata.fixtures() / "panther-k8s" / "panther_k8s_audit_labels.tsv"
 
 ALICE = dict(user="alice@example.com", groups=("system:authenticated", "developers"))
 WRITE_VERBS = ("create", "update", "patch", "delete")
@@ -27,7 +28,7 @@ BODY_VERBS = ("create", "update", "patch")
 # What Ward's detections read, for the requests where the audit policy must
 # record more than Metadata. Derived from the rules Ward builds on: Falco's
 # k8s_audit_rules.yaml (ka.req.* = requestObject, ka.resp.* = responseObject)
-# and SigmaHQ's kubernetes/audit rules (shared/fixtures). The fields of
+# and SigmaHQ's kubernetes/audit rules (testdata/). The fields of
 # rules/builtin are checked on top of this by test_builtin_rule_fields_*.
 # (api group, resource, subresource, verbs) -> least level
 DETECTION_NEEDS = {
@@ -258,9 +259,7 @@ def test_noise_rules_only_silence_system_identities(policy):
 
 # --------------------------------------------------- recorded audit events
 def _load_jsonl(path: Path) -> list[dict]:
-    assert path.is_file(), (
-        f"{path} is missing. The shared fixtures are expected beside the repository "
-        f"(<repo>/../shared/fixtures); set WARD_SHARED_DIR to their parent folder otherwise.")
+    assert path.is_file(), f"{path} is missing (see testdata/ORIGIN.md)"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 

@@ -1,15 +1,14 @@
 """Fixtures of the dashboard tests: a real `ward indexer` loaded with the
-shared fixtures, and Debian's Chromium driven by Playwright.
+test data of `testdata/`, and Debian's Chromium driven by Playwright.
 
 The server runs on a free loopback port with a temporary data directory and
 a tokens file (admin, analyst, viewer, collector). The Kubernetes audit
-events of the shared fixtures (falco traces, audit2rbac) are sent through
+events of the test data (falco traces, audit2rbac) are sent through
 the audit webhook as `EventList` bodies, as an API server would; the
 built-in rules raise alerts on some of them.
 
 Environment: `WARD_BIN` (default: `$CARGO_TARGET_DIR/debug/ward`, else
-`target/debug/ward`), `WARD_SHARED_DIR` (default: `shared/` beside the
-repository), `WARD_TEST_ARTIFACTS` (screenshots; default
+`target/debug/ward`), `WARD_TEST_ARTIFACTS` (screenshots; default
 `tests/web/artifacts`), `CHROMIUM` (default `/usr/bin/chromium`).
 """
 
@@ -19,6 +18,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -31,6 +31,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))  # ward_testdata, where testdata/ is
+import ward_testdata  # noqa: E402
+
 TOKENS = {
     "admin": "admin-token-web-000000000001",
     "analyst": "analyst-token-web-0000000001",
@@ -55,14 +58,6 @@ def ward_bin() -> Path:
     if not target.is_absolute():
         target = REPO / target
     return target / "debug" / "ward"
-
-
-def fixtures_dir() -> Path:
-    """shared/ sits beside the repository (as for the Rust and deploy
-    tests); WARD_SHARED_DIR overrides it."""
-    override = os.environ.get("WARD_SHARED_DIR")
-    root = Path(override) if override else REPO.parent / "shared"
-    return root / "fixtures"
 
 
 def artifacts_dir() -> Path:
@@ -151,7 +146,7 @@ def ward():
     binary = ward_bin()
     if not binary.exists():
         pytest.fail(f"no ward binary at {binary}: run `cargo build -p ward` or set WARD_BIN")
-    fixtures = fixtures_dir()
+    fixtures = ward_testdata.fixtures()
     tmp = Path(tempfile.mkdtemp(prefix="ward-web-"))
     tokens = tmp / "tokens"
     tokens.write_text(

@@ -1,5 +1,5 @@
 """The dashboard in a real browser (Debian's Chromium, headless) against a
-real `ward indexer` loaded with the shared fixtures (see conftest.py).
+real `ward indexer` loaded with the test data (see conftest.py).
 
 Each test saves a screenshot of its last page in the artifacts directory.
 """
