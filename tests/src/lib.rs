@@ -567,8 +567,8 @@ impl Rig {
             "e2e-node-1",
             "--cluster",
             "e2e",
-            "--batch-max-age-ms",
-            "100",
+            "--batch-max-age",
+            "100ms",
             "--metrics-listen",
             &format!("127.0.0.1:{}", self.metrics_port),
         ]

@@ -325,7 +325,7 @@ fn a_file_deleted_while_being_read_is_read_to_its_end() {
 
 #[test]
 fn a_deleted_file_not_read_within_the_bound_is_counted_as_abandoned() {
-    let (mut rig, lines, total_bytes) = paused_on_a_deleted_file(&["--orphan-max-age-secs", "1"]);
+    let (mut rig, lines, total_bytes) = paused_on_a_deleted_file(&["--orphan-max-age", "1s"]);
     let abandoned = wait_until("bytes counted as abandoned", WAIT, || {
         let b = rig.metric("ward_collector_bytes_abandoned_total");
         (b > 0.0 && rig.metric("ward_collector_files_tracked") == 0.0).then_some(b as u64)

@@ -43,8 +43,8 @@ fn collector_args(url: &str, root: &Path) -> Vec<String> {
         "e2e-node-1",
         "--cluster",
         "e2e",
-        "--batch-max-age-ms",
-        "100",
+        "--batch-max-age",
+        "100ms",
     ]
     .iter()
     .map(|s| s.to_string())

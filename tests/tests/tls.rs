@@ -90,8 +90,8 @@ fn mutual_tls_and_tokens_between_collector_and_indexer() {
             &p(&pki.client_key),
             "--token-file",
             &p(token_file),
-            "--batch-max-age-ms",
-            "100",
+            "--batch-max-age",
+            "100ms",
             "--metrics-listen",
             &format!("127.0.0.1:{metrics_port}"),
         ]

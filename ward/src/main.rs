@@ -287,9 +287,15 @@ struct CollectorArgs {
     /// Cluster name recorded on every record.
     #[arg(long)]
     cluster: Option<String>,
-    /// Seal a batch after this many milliseconds.
-    #[arg(long, default_value_t = 500)]
-    batch_max_age_ms: u64,
+    /// Seal a batch after this long (e.g. `500ms`, `2s`); a bare number is
+    /// milliseconds, the unit of the old name `--batch-max-age-ms`.
+    #[arg(
+        long,
+        alias = "batch-max-age-ms",
+        default_value = "500ms",
+        value_parser = parse_duration_or_millis
+    )]
+    batch_max_age: Duration,
     /// Seal a batch at this many uncompressed bytes.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     batch_max_bytes: usize,
@@ -339,9 +345,16 @@ struct CollectorArgs {
     /// When the spool is full: `block` (pause reading, lose nothing) or `drop` (counted).
     #[arg(long, default_value = "block")]
     spool_full: ward_collector::SpoolFull,
-    /// Give up on a rotated or deleted file not read to its end after this many seconds.
-    #[arg(long, default_value_t = 300)]
-    orphan_max_age_secs: u64,
+    /// Give up on a rotated or deleted file not read to its end after this
+    /// long (e.g. `5m`); a bare number is seconds, the unit of the old name
+    /// `--orphan-max-age-secs`.
+    #[arg(
+        long,
+        alias = "orphan-max-age-secs",
+        default_value = "5m",
+        value_parser = parse_duration_or_secs
+    )]
+    orphan_max_age: Duration,
     /// Look for new, rotated and deleted files this often even without file
     /// events (which find them at once); a safety net for missed events.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -357,7 +370,7 @@ impl CollectorArgs {
             config.node = node;
         }
         config.cluster = self.cluster;
-        config.batch_max_age = Duration::from_millis(self.batch_max_age_ms);
+        config.batch_max_age = self.batch_max_age;
         config.batch_max_bytes = self.batch_max_bytes;
         config.ca_file = self.ca_file;
         config.client_cert = self.client_cert;
@@ -380,7 +393,7 @@ impl CollectorArgs {
         config.kube_annotations = self.kube_annotations;
         config.spool_max_bytes = self.spool_max_bytes;
         config.spool_full = self.spool_full;
-        config.orphan_max_age = Duration::from_secs(self.orphan_max_age_secs);
+        config.orphan_max_age = self.orphan_max_age;
         config.rescan_interval = self.rescan_interval;
         Ok(config)
     }
@@ -541,6 +554,29 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     }
 }
 
+/// A duration flag that once took a bare number of milliseconds and kept
+/// that name as an alias: `500ms`, `2s` as for every duration flag, or a
+/// bare number in milliseconds as before.
+fn parse_duration_or_millis(text: &str) -> Result<Duration, String> {
+    parse_duration_or_bare(text, Duration::from_millis)
+}
+
+/// As [`parse_duration_or_millis`], for a flag that took seconds.
+fn parse_duration_or_secs(text: &str) -> Result<Duration, String> {
+    parse_duration_or_bare(text, Duration::from_secs)
+}
+
+/// Humantime (`500ms`, `5m`, `30d`), or a bare number in `unit`: the
+/// duration flags that took numbers in a unit of their own name
+/// (`--batch-max-age-ms`) take durations now, and keep that name as an
+/// alias in which old command lines still mean what they meant.
+fn parse_duration_or_bare(text: &str, unit: fn(u64) -> Duration) -> Result<Duration, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) => Ok(unit(n)),
+        Err(_) => humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}")),
+    }
+}
+
 /// `500GiB`, `20G`, `1048576`: binary units, with or without `iB`/`B`.
 fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -650,7 +686,52 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::{Cli, Command, parse_size};
+
+    /// The collector's config from these flags after the required ones.
+    fn collector(flags: &[&str]) -> ward_collector::CollectorConfig {
+        let args = ["ward", "collector", "--indexer", "http://x", "--state", "s"];
+        let cli = Cli::try_parse_from(args.iter().chain(flags)).unwrap();
+        let Command::Collector(args) = cli.command else {
+            panic!("not the collector")
+        };
+        args.into_config().unwrap()
+    }
+
+    #[test]
+    fn duration_flags_take_durations_and_their_old_names_the_old_unit() {
+        let defaults = collector(&[]);
+        assert_eq!(defaults.batch_max_age, Duration::from_millis(500));
+        assert_eq!(defaults.orphan_max_age, Duration::from_secs(300));
+
+        let new = collector(&["--batch-max-age", "2s", "--orphan-max-age", "1m"]);
+        assert_eq!(new.batch_max_age, Duration::from_secs(2));
+        assert_eq!(new.orphan_max_age, Duration::from_secs(60));
+
+        let old = collector(&["--batch-max-age-ms", "100", "--orphan-max-age-secs", "1"]);
+        assert_eq!(old.batch_max_age, Duration::from_millis(100));
+        assert_eq!(old.orphan_max_age, Duration::from_secs(1));
+
+        let old_form = ["--batch-max-age-ms=250", "--orphan-max-age-secs=30"];
+        let old = collector(&old_form);
+        assert_eq!(old.batch_max_age, Duration::from_millis(250));
+        assert_eq!(old.orphan_max_age, Duration::from_secs(30));
+
+        let args = ["ward", "collector", "--indexer", "x", "--state", "s"];
+        for bad in [
+            ["--batch-max-age", "5 parsecs"],
+            ["--orphan-max-age-secs", "-1"],
+        ] {
+            assert!(
+                Cli::try_parse_from(args.iter().chain(&bad)).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn allowed_hosts_come_from_listen_addresses_and_public_urls() {
