@@ -761,8 +761,7 @@ mod tests {
     /// The exec into `default/nginx…` and a cluster-scoped binding to
     /// cluster-admin, as one webhook call.
     async fn ingest_exec_and_cluster_binding(app: &Router, token: &str) {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/falco-traces");
+        let dir = ward_testdata::fixtures().join("falco-traces");
         let items: Vec<Value> = ["exec_pod.json", "attach_cluster_admin_role.json"]
             .iter()
             .map(|f| {
